@@ -1,0 +1,495 @@
+"""Training objectives, one per mode of the paper, behind one interface.
+
+Every objective receives an ``AlignmentProblem`` (prior scores, optional posterior scores,
+masks and an emission) and returns ``LossTerms``: a scalar *surrogate* to back-propagate
+(summed over real target tokens) and per-token figures for reporting. The surrogate is kept
+apart from the reported numbers because for the sampling estimators they differ (REINFORCE
+terms have the right gradient but a meaningless value).
+
+Modes (names used everywhere: CLI, configs, checkpoints, docs):
+
+============  =====================================================================
+``soft``        soft attention, ``log f(x, E_p[z])``
+``marginal``    exact marginal likelihood ``log sum_i p_i f(x, i)``
+``hard-enum``   hard attention, ``E_p[log f]`` enumerated (a Jensen bound)
+``hard-sample`` hard attention, one ``z ~ p``, REINFORCE with the soft baseline
+``var-enum``    variational attention, ``E_q[log f] - KL(q || p)`` enumerated
+``var-sample``  variational attention, one ``z ~ q``, REINFORCE with the soft baseline
+``var-relaxed`` Dirichlet q and p, reparameterised sample, analytic KL
+``var-gumbel``  Gumbel-softmax relaxation of the categorical q, analytic KL
+``rws``         reweighted wake-sleep (wake updates) with K samples from q
+============  =====================================================================
+
+The soft baseline is ``B = log f(x, E_p[z])`` computed with the *prior*, detached, per
+token (paper Eq. 1); it needs no parameters of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from varattn.errors import VarattnError
+from varattn.latent.distributions import MaskedCategorical, MaskedDirichlet, relaxed_concentration
+from varattn.latent.emission import Emission
+
+
+@dataclass
+class AlignmentProblem:
+    """Inputs of an objective for one batch.
+
+    Attributes:
+        prior_scores: ``(B, T, S)`` unnormalised prior attention scores.
+        source_mask: ``(B, S)`` bool, True at real source positions.
+        target_mask: ``(B, T)`` bool, True at real target tokens (EOS included).
+        emission: scores the gold token under attention weights (see ``Emission``).
+        posterior_scores: ``(B, T, S)`` inference-network scores, for modes that use q.
+    """
+
+    prior_scores: Tensor
+    source_mask: Tensor
+    target_mask: Tensor
+    emission: Emission
+    posterior_scores: Tensor | None = None
+
+    @property
+    def mask3(self) -> Tensor:
+        """``(B, 1, S)`` source mask for broadcasting against ``(B, T, S)``."""
+        return self.source_mask.unsqueeze(1)
+
+    def prior(self) -> MaskedCategorical:
+        return MaskedCategorical(self.prior_scores, self.mask3)
+
+    def posterior(self) -> MaskedCategorical:
+        if self.posterior_scores is None:
+            raise ValueError("this mode needs posterior scores from an inference network")
+        return MaskedCategorical(self.posterior_scores, self.mask3)
+
+
+@dataclass
+class LossTerms:
+    """What an objective returns.
+
+    Attributes:
+        surrogate: scalar, summed over real target tokens; ``surrogate.backward()`` gives
+            the mode's gradient estimate.
+        per_token: detached ``(B, T)`` figures, 0 at target padding. Always ``nll`` (the
+            negative training objective: -ELBO for variational modes, its one-sample
+            estimate for sampling modes); where defined ``kl``, ``log_marginal`` (exact
+            ``log p(y_t | x, y_<t)``, when the mode enumerated anyway), ``prior_entropy``,
+            ``posterior_entropy``, ``reward`` and ``baseline``.
+        target_mask: ``(B, T)`` bool.
+    """
+
+    surrogate: Tensor
+    per_token: dict[str, Tensor]
+    target_mask: Tensor
+
+    def totals(self) -> dict[str, float]:
+        """Sums of every per-token figure over real tokens, plus ``tokens``."""
+        out = {k: float(v.sum()) for k, v in self.per_token.items()}
+        out["tokens"] = float(self.target_mask.sum())
+        return out
+
+
+@dataclass
+class Scores:
+    """Evaluation figures per token, each ``(B, T)`` and 0 at target padding.
+
+    ``log_likelihood`` is what the paper's perplexity is computed from: the exact marginal
+    for categorical latent models, the soft likelihood for soft attention, and an
+    importance-sampled estimate for the relaxed model. ``elbo`` is present for models with
+    an inference network.
+    """
+
+    log_likelihood: Tensor
+    figures: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _masked(x: Tensor, mask: Tensor) -> Tensor:
+    """Zero ``x (..., B, T)`` at target padding (also where it is inf or NaN)."""
+    return torch.where(mask, x, torch.zeros_like(x))
+
+
+def _total(x: Tensor, mask: Tensor) -> Tensor:
+    return _masked(x, mask).sum()
+
+
+class Objective:
+    """Base class: one training mode.
+
+    Subclasses set ``name`` and ``uses_posterior`` and implement ``loss``; ``score``
+    (evaluation) defaults to the exact marginal over the prior, valid for every
+    categorical latent model.
+    """
+
+    name: str = ""
+    uses_posterior: bool = False
+    #: the number of inference-network samples per token reported in docs and logs
+    description: str = ""
+
+    def set_step(self, step: int) -> None:
+        """Called by trainers before each update (used by schedules such as warm-up)."""
+
+    def loss(self, problem: AlignmentProblem) -> LossTerms:
+        raise NotImplementedError
+
+    def score(self, problem: AlignmentProblem) -> Scores:
+        """Exact marginal ``log sum_i p_i f(x, i)_y`` and, with q, the enumerated ELBO."""
+        mask = problem.target_mask
+        prior = problem.prior()
+        emit_all = problem.emission.log_prob_all()  # (B, T, S)
+        log_joint = prior.log_probs + emit_all
+        log_marginal = torch.logsumexp(log_joint, dim=-1)
+        figures = {"prior_entropy": _masked(prior.entropy(), mask)}
+        if self.uses_posterior and problem.posterior_scores is not None:
+            q = problem.posterior()
+            figures["elbo"] = _masked(q.expectation(emit_all) - q.kl(prior), mask)
+            figures["kl"] = _masked(q.kl(prior), mask)
+            figures["posterior_entropy"] = _masked(q.entropy(), mask)
+        return Scores(_masked(log_marginal, mask), figures)
+
+
+_REGISTRY: dict[str, type[Objective]] = {}
+
+
+def register(cls: type[Objective]) -> type[Objective]:
+    """Class decorator adding an objective to the registry under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def mode_names() -> list[str]:
+    """The valid mode names, in the paper's order."""
+    return list(_REGISTRY)
+
+
+def objective_class(name: str) -> type[Objective]:
+    """Look a mode up by name; an unknown name raises ``VarattnError`` listing the valid ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        valid = ", ".join(_REGISTRY)
+        raise VarattnError(f"unknown mode {name!r}; valid modes: {valid}") from None
+
+
+def make_objective(name: str, **options) -> Objective:
+    """Build the objective for mode ``name`` with its options (unknown options are errors)."""
+    cls = objective_class(name)
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise VarattnError(f"bad options for mode {name!r}: {exc}") from None
+
+
+@register
+class SoftAttention(Objective):
+    """``log f(x, E_p[z])``: the deterministic soft-attention model."""
+
+    name = "soft"
+    description = "soft attention"
+
+    def loss(self, problem: AlignmentProblem) -> LossTerms:
+        mask = problem.target_mask
+        prior = problem.prior()
+        log_f = problem.emission.log_prob(prior.probs)  # (B, T)
+        per_token = {"nll": _masked(-log_f, mask).detach(), "prior_entropy": _masked(prior.entropy(), mask).detach()}
+        return LossTerms(_total(-log_f, mask), per_token, mask)
+
+    def score(self, problem: AlignmentProblem) -> Scores:
+        prior = problem.prior()
+        mask = problem.target_mask
+        log_f = problem.emission.log_prob(prior.probs)
+        return Scores(_masked(log_f, mask), {"prior_entropy": _masked(prior.entropy(), mask)})
+
+
+@register
+class MarginalLikelihood(Objective):
+    """``log sum_i p_i f(x, i)_y``, exact enumeration over source positions."""
+
+    name = "marginal"
+    description = "marginal likelihood, exact enumeration"
+
+    def loss(self, problem: AlignmentProblem) -> LossTerms:
+        mask = problem.target_mask
+        prior = problem.prior()
+        emit_all = problem.emission.log_prob_all()
+        log_marginal = torch.logsumexp(prior.log_probs + emit_all, dim=-1)  # (B, T)
+        per_token = {
+            "nll": _masked(-log_marginal, mask).detach(),
+            "log_marginal": _masked(log_marginal, mask).detach(),
+            "prior_entropy": _masked(prior.entropy(), mask).detach(),
+        }
+        return LossTerms(_total(-log_marginal, mask), per_token, mask)
+
+
+@register
+class HardEnum(Objective):
+    """Hard attention trained on ``E_p[log f]``, enumerated exactly."""
+
+    name = "hard-enum"
+    description = "hard attention, E_p[log p] enumerated"
+
+    def loss(self, problem: AlignmentProblem) -> LossTerms:
+        mask = problem.target_mask
+        prior = problem.prior()
+        emit_all = problem.emission.log_prob_all()
+        bound = prior.expectation(emit_all)  # (B, T)
+        log_marginal = torch.logsumexp(prior.log_probs + emit_all, dim=-1)
+        per_token = {
+            "nll": _masked(-bound, mask).detach(),
+            "log_marginal": _masked(log_marginal, mask).detach(),
+            "prior_entropy": _masked(prior.entropy(), mask).detach(),
+        }
+        return LossTerms(_total(-bound, mask), per_token, mask)
+
+
+def _reinforce(
+    problem: AlignmentProblem, sampler: MaskedCategorical, num_samples: int
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """One-sample (or K-sample) REINFORCE with the soft-attention baseline.
+
+    Draws ``z ~ sampler``, scores ``log f(x, z)`` and the baseline ``B = log f(x, E_p[z])``
+    (prior soft attention, detached). Returns the surrogate objective per token (to be
+    *maximised*; its gradient is ``grad log f(z) + (log f(z) - B) grad log sampler(z)``),
+    the objective's value estimate ``mean_k log f(z_k)``, and reporting figures.
+    """
+    z = sampler.sample(num_samples)  # (K, B, T)
+    log_f = problem.emission.log_prob(sampler.one_hot(z))  # (K, B, T)
+    with torch.no_grad():
+        baseline = problem.emission.log_prob(problem.prior().probs)  # (B, T)
+    reward = (log_f - baseline).detach()  # (K, B, T)
+    log_sampler = sampler.log_prob(z)  # (K, B, T)
+    surrogate = (log_f + reward * log_sampler).mean(0)  # (B, T)
+    value = log_f.mean(0)
+    mask = problem.target_mask
+    stats = {
+        "reward": _masked(reward.mean(0), mask),
+        "baseline": _masked(baseline, mask),
+    }
+    return surrogate, value, stats
+
+
+@register
+class HardSample(Objective):
+    """Hard attention, ``E_p[log f]`` estimated with samples from the prior.
+
+    The REINFORCE term reaches the prior (the authors' release dropped it; notes D.10).
+    """
+
+    name = "hard-sample"
+    description = "hard attention, sampled from the prior, REINFORCE with the soft baseline"
+
+    def __init__(self, num_samples: int = 1):
+        self.num_samples = num_samples
+
+    def loss(self, problem: AlignmentProblem) -> LossTerms:
+        mask = problem.target_mask
+        prior = problem.prior()
+        surrogate, value, stats = _reinforce(problem, prior, self.num_samples)
+        per_token = {
+            "nll": _masked(-value, mask).detach(),
+            "prior_entropy": _masked(prior.entropy(), mask).detach(),
+            **stats,
+        }
+        return LossTerms(_total(-surrogate, mask), per_token, mask)
+
+
+class _Variational(Objective):
+    """Shared reporting for the categorical variational modes."""
+
+    uses_posterior = True
+
+    def _figures(self, prior: MaskedCategorical, q: MaskedCategorical, kl: Tensor, mask: Tensor) -> dict:
+        return {
+            "kl": _masked(kl, mask).detach(),
+            "prior_entropy": _masked(prior.entropy(), mask).detach(),
+            "posterior_entropy": _masked(q.entropy(), mask).detach(),
+        }
+
+
+@register
+class VariationalEnum(_Variational):
+    """``sum_i q_i log f(x, i)_y - KL(q || p)``, enumerated exactly."""
+
+    name = "var-enum"
+    description = "variational attention, E_q enumerated, minus KL"
+
+    def loss(self, problem: AlignmentProblem) -> LossTerms:
+        mask = problem.target_mask
+        prior, q = problem.prior(), problem.posterior()
+        emit_all = problem.emission.log_prob_all()
+        kl = q.kl(prior)
+        elbo = q.expectation(emit_all) - kl  # (B, T)
+        log_marginal = torch.logsumexp(prior.log_probs + emit_all, dim=-1)
+        per_token = {
+            "nll": _masked(-elbo, mask).detach(),
+            "log_marginal": _masked(log_marginal, mask).detach(),
+            **self._figures(prior, q, kl, mask),
+        }
+        return LossTerms(_total(-elbo, mask), per_token, mask)
+
+
+@register
+class VariationalSample(_Variational):
+    """``E_q[log f] - KL(q || p)`` with one sample from q and the soft baseline (Eq. 1)."""
+
+    name = "var-sample"
+    description = "variational attention, one sample from q, REINFORCE with the soft baseline"
+
+    def __init__(self, num_samples: int = 1):
+        self.num_samples = num_samples
+
+    def loss(self, problem: AlignmentProblem) -> LossTerms:
+        mask = problem.target_mask
+        prior, q = problem.prior(), problem.posterior()
+        surrogate, value, stats = _reinforce(problem, q, self.num_samples)
+        kl = q.kl(prior)  # analytic, gradient into q and p
+        per_token = {"nll": _masked(kl - value, mask).detach(), **self._figures(prior, q, kl, mask), **stats}
+        return LossTerms(_total(kl - surrogate, mask), per_token, mask)
+
+
+@register
+class VariationalGumbel(_Variational):
+    """``log f(x, z~) - KL(q || p)`` with ``z~ = softmax((log q + g) / tau)``, pathwise.
+
+    The relaxed sample is used directly as soft weights (no straight-through);
+    ``temperature`` is the paper's tau (0.1 in the authors' runs).
+    """
+
+    name = "var-gumbel"
+    description = "Gumbel-softmax relaxation of the categorical q"
+
+    def __init__(self, temperature: float = 0.1, num_samples: int = 1):
+        if temperature <= 0:
+            raise ValueError("temperature must be positive")
+        self.temperature = temperature
+        self.num_samples = num_samples
+
+    def loss(self, problem: AlignmentProblem) -> LossTerms:
+        mask = problem.target_mask
+        prior, q = problem.prior(), problem.posterior()
+        shape = (self.num_samples,) + q.log_probs.shape
+        u = torch.rand(shape, dtype=q.log_probs.dtype, device=q.log_probs.device)
+        gumbel = -torch.log(-torch.log(u + 1e-20) + 1e-20)
+        z = torch.softmax((q.log_probs + gumbel) / self.temperature, dim=-1)  # (K, B, T, S)
+        log_f = problem.emission.log_prob(z).mean(0)  # (B, T)
+        kl = q.kl(prior)
+        per_token = {"nll": _masked(kl - log_f, mask).detach(), **self._figures(prior, q, kl, mask)}
+        return LossTerms(_total(kl - log_f, mask), per_token, mask)
+
+
+@register
+class ReweightedWakeSleep(_Variational):
+    """Wake-phase updates of reweighted wake-sleep (Ba et al. 2015) with K samples from q.
+
+    With normalised importance weights ``w_k ∝ p(z_k) f(x, z_k) / q(z_k)`` (detached), the
+    surrogate maximises ``sum_k w_k [log f(x, z_k) + log p(z_k) + log q(z_k)]``: the model's
+    wake update and q's wake update. The KL is reported, not optimised.
+    """
+
+    name = "rws"
+    description = "reweighted wake-sleep with K samples"
+
+    def __init__(self, num_samples: int = 5):
+        self.num_samples = num_samples
+
+    def loss(self, problem: AlignmentProblem) -> LossTerms:
+        mask = problem.target_mask
+        prior, q = problem.prior(), problem.posterior()
+        z = q.sample(self.num_samples)  # (K, B, T)
+        log_f = problem.emission.log_prob(q.one_hot(z))  # (K, B, T)
+        log_p, log_q = prior.log_prob(z), q.log_prob(z)
+        log_w = log_p - log_q + log_f
+        weights = torch.softmax(log_w.detach(), dim=0)  # (K, B, T)
+        surrogate = (weights * (log_f + log_p + log_q)).sum(0)
+        # log (1/K sum_k w_k): the importance-weighted bound, a lower bound on log p(y_t).
+        iwae = torch.logsumexp(log_w.detach(), dim=0) - math.log(self.num_samples)
+        kl = q.kl(prior)
+        per_token = {"nll": _masked(-iwae, mask), **self._figures(prior, q, kl, mask)}
+        return LossTerms(_total(-surrogate, mask), per_token, mask)
+
+
+@register
+class VariationalRelaxed(Objective):
+    """Dirichlet variational attention: ``E_{Dir(q)}[log f(x, z)] - KL(Dir(q) || Dir(p))``.
+
+    Prior and posterior scores become concentrations through ``concentration``
+    (``exp(clamp(s, -10, 10))`` by default). For the first ``warmup_steps`` updates the
+    model is trained on the Jensen bound ``E_{Dir(p)}[log f]`` alone, without q: the paper
+    reports that the relaxed model only converges from such a pretrained prior.
+    Evaluation importance-samples ``log p(y_t) = log E_q[p(z) f(x, z) / q(z)]`` with
+    ``eval_samples`` draws.
+    """
+
+    name = "var-relaxed"
+    uses_posterior = True
+    description = "variational relaxed attention (Dirichlet, reparameterised)"
+
+    def __init__(
+        self,
+        num_samples: int = 1,
+        concentration: str = "exp",
+        warmup_steps: int = 0,
+        eval_samples: int = 20,
+    ):
+        self.num_samples = num_samples
+        self.transform = concentration
+        self.warmup_steps = warmup_steps
+        self.eval_samples = eval_samples
+        self._step = 0
+        relaxed_concentration(torch.zeros(1), concentration)  # validate the name early
+
+    def set_step(self, step: int) -> None:
+        self._step = step
+
+    def _dirichlets(self, problem: AlignmentProblem) -> tuple[MaskedDirichlet, MaskedDirichlet]:
+        mask = problem.mask3
+        prior = MaskedDirichlet(relaxed_concentration(problem.prior_scores, self.transform), mask)
+        if problem.posterior_scores is None:
+            raise ValueError("var-relaxed needs posterior scores")
+        post = MaskedDirichlet(relaxed_concentration(problem.posterior_scores, self.transform), mask)
+        return prior, post
+
+    def loss(self, problem: AlignmentProblem) -> LossTerms:
+        mask = problem.target_mask
+        prior, post = self._dirichlets(problem)
+        attention_entropy = _masked(problem.prior().entropy(), mask).detach()
+        if self._step < self.warmup_steps:
+            z = prior.rsample(self.num_samples)
+            log_f = problem.emission.log_prob(z).mean(0)
+            per_token = {"nll": _masked(-log_f, mask).detach(), "prior_entropy": attention_entropy}
+            return LossTerms(_total(-log_f, mask), per_token, mask)
+        z = post.rsample(self.num_samples)  # (K, B, T, S)
+        log_f = problem.emission.log_prob(z).mean(0)  # (B, T)
+        kl = post.kl(prior)
+        per_token = {
+            "nll": _masked(kl - log_f, mask).detach(),
+            "kl": _masked(kl, mask).detach(),
+            "prior_entropy": attention_entropy,
+            "posterior_entropy": _masked(post.entropy(), mask).detach(),
+        }
+        return LossTerms(_total(kl - log_f, mask), per_token, mask)
+
+    def score(self, problem: AlignmentProblem) -> Scores:
+        mask = problem.target_mask
+        prior, post = self._dirichlets(problem)
+        z = post.rsample(self.eval_samples)  # (N, B, T, S)
+        log_f = problem.emission.log_prob(z)  # (N, B, T)
+        log_w = prior.log_prob(z) - post.log_prob(z) + log_f
+        estimate = torch.logsumexp(log_w, dim=0) - math.log(self.eval_samples)
+        kl = post.kl(prior)
+        figures = {
+            "elbo": _masked(log_f.mean(0) - kl, mask),
+            "kl": _masked(kl, mask),
+            "prior_entropy": _masked(problem.prior().entropy(), mask),
+        }
+        return Scores(_masked(estimate, mask), figures)
+
+
+# The paper's order for listings; registration order above differs only for readability.
+_ORDER = ["soft", "marginal", "hard-enum", "hard-sample", "var-enum", "var-sample", "var-relaxed", "var-gumbel", "rws"]
+_REGISTRY = {name: _REGISTRY[name] for name in _ORDER}
