@@ -1,0 +1,20 @@
+"""varattn: latent alignment models and variational attention (Deng et al., NeurIPS 2018).
+
+``varattn.latent`` is the model-agnostic layer (alignment distributions, emissions and the
+nine training objectives); ``varattn.nmt`` is the paper's LSTM translation model;
+``varattn.load(run_dir)`` opens a trained run.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def load(run_dir, checkpoint: str = "best"):
+    """Load a trained run directory; returns a ``varattn.nmt.run.TrainedModel``."""
+    from varattn.nmt.run import load_run
+
+    return load_run(run_dir, checkpoint)
+
+
+__all__ = ["load", "__version__"]

@@ -128,8 +128,11 @@ class Objective:
 
     name: str = ""
     uses_posterior: bool = False
-    #: the number of inference-network samples per token reported in docs and logs
     description: str = ""
+    #: how a trained model predicts the next word: ``marginal`` (sum over alignments),
+    #: ``soft`` (output at the expected context), ``prior-mean`` (relaxed models: the
+    #: output at the mean of the prior Dirichlet, i.e. the soft context)
+    predictive: str = "marginal"
 
     def set_step(self, step: int) -> None:
         """Called by trainers before each update (used by schedules such as warm-up)."""
@@ -191,6 +194,7 @@ class SoftAttention(Objective):
 
     name = "soft"
     description = "soft attention"
+    predictive = "soft"
 
     def loss(self, problem: AlignmentProblem) -> LossTerms:
         mask = problem.target_mask
@@ -427,6 +431,7 @@ class VariationalRelaxed(Objective):
 
     name = "var-relaxed"
     uses_posterior = True
+    predictive = "prior-mean"
     description = "variational relaxed attention (Dirichlet, reparameterised)"
 
     def __init__(

@@ -1,0 +1,241 @@
+"""The paper's LSTM encoder-decoder with latent alignment (notes section B).
+
+The recurrent pass is the same in every mode: the decoder is fed the *soft* prior context
+``c_t = sum_i p(z_t = i) x_i`` (input feeding), so one pass yields the query ``h_t`` and the
+prior scores for every target step. What differs by mode happens afterwards, in the latent
+layer (``varattn.latent``): which alignment distribution is used and how the output
+``f(x, z)`` is evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from varattn.latent import AlignmentProblem, ContextEmission, LinearSoftmaxHead, LossTerms, Objective, Scores
+from varattn.nmt.batching import Batch
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class ModelConfig:
+    """Every size of the model. The defaults are the paper's IWSLT'14 sizes."""
+
+    src_vocab_size: int = 0
+    tgt_vocab_size: int = 0
+    embed_dim: int = 512
+    encoder_hidden: int = 512  # per direction; memory vectors are 2x this
+    encoder_layers: int = 2
+    decoder_hidden: int = 768
+    decoder_layers: int = 2
+    attention_dim: int = 512
+    output_hidden: int = 768
+    inference_hidden: int = 512  # per direction
+    inference_layers: int = 2
+    dropout: float = 0.3
+    init_range: float = 0.1
+    enum_chunk_rows: int = 8192  # rows of (target token, source position) per output-layer chunk
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def _run_packed(lstm: nn.LSTM, inputs: Tensor, lengths: Tensor) -> Tensor:
+    """Run ``lstm`` over ``inputs (B, L, E)`` with real ``lengths (B,)``: ``(B, L, H)``, 0 at padding."""
+    packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    out, _ = lstm(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=inputs.shape[1])
+    return out
+
+
+class InferenceNetwork(nn.Module):
+    """q(z | x, y): two BiLSTMs (source, full target) and bilinear scores (notes B).
+
+    Position ``t`` of q aligns the word predicted at step ``t`` (``y_t``), and the target
+    BiLSTM reads ``y_1 .. y_n </s>``, so q sees the current word and the whole target.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h = cfg.inference_hidden
+        drop = cfg.dropout if cfg.inference_layers > 1 else 0.0
+        self.src_rnn = nn.LSTM(cfg.embed_dim, h, cfg.inference_layers, batch_first=True,
+                               bidirectional=True, dropout=drop)
+        self.tgt_rnn = nn.LSTM(cfg.embed_dim, h, cfg.inference_layers, batch_first=True,
+                               bidirectional=True, dropout=drop)
+        self.bilinear = nn.Linear(2 * h, 2 * h, bias=False)
+
+    def forward(self, src_emb: Tensor, src_lengths: Tensor, tgt_emb: Tensor, tgt_lengths: Tensor) -> Tensor:
+        """``src_emb (B, S, E)``, ``tgt_emb (B, T, E)`` -> scores ``(B, T, S)`` (unmasked)."""
+        src_h = _run_packed(self.src_rnn, src_emb, src_lengths)  # (B, S, 2h)
+        tgt_h = _run_packed(self.tgt_rnn, tgt_emb, tgt_lengths)  # (B, T, 2h)
+        return torch.bmm(self.bilinear(tgt_h), src_h.transpose(1, 2))  # (B, T, S)
+
+
+@dataclass
+class DecoderState:
+    """Recurrent state between decoder steps: per layer ``(h, c)`` ``(B, H)`` and the input feed ``(B, Dm)``."""
+
+    hidden: list[tuple[Tensor, Tensor]]
+    feed: Tensor
+
+    def select(self, index: Tensor) -> DecoderState:
+        """Reorder/duplicate rows (beam search)."""
+        return DecoderState([(h[index], c[index]) for h, c in self.hidden], self.feed[index])
+
+
+@dataclass
+class Encoded:
+    """The encoder's output for a batch.
+
+    Attributes:
+        memory: ``(B, S, Dm)`` source vectors.
+        memory_proj: ``(B, S, A)`` the prior attention's projection of ``memory``.
+        source_mask: ``(B, S)`` bool.
+    """
+
+    memory: Tensor
+    memory_proj: Tensor
+    source_mask: Tensor
+
+    def select(self, index: Tensor) -> Encoded:
+        return Encoded(self.memory[index], self.memory_proj[index], self.source_mask[index])
+
+
+def truncate_topk(scores: Tensor, k: int | None) -> Tensor:
+    """Keep the ``k`` highest scores along the last dim (the paper's K-max); the rest -> -inf."""
+    if k is None or k >= scores.shape[-1]:
+        return scores
+    kth = scores.topk(k, dim=-1).values[..., -1:]
+    return scores.masked_fill(scores < kth, NEG_INF)
+
+
+class LatentAlignmentNMT(nn.Module):
+    """Encoder, decoder with MLP prior attention, output head and (optional) inference network."""
+
+    def __init__(self, cfg: ModelConfig, with_inference: bool):
+        super().__init__()
+        self.cfg = cfg
+        mem = 2 * cfg.encoder_hidden
+        self.src_embed = nn.Embedding(cfg.src_vocab_size, cfg.embed_dim)
+        self.tgt_embed = nn.Embedding(cfg.tgt_vocab_size, cfg.embed_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.encoder = nn.LSTM(cfg.embed_dim, cfg.encoder_hidden, cfg.encoder_layers, batch_first=True,
+                               bidirectional=True, dropout=cfg.dropout if cfg.encoder_layers > 1 else 0.0)
+        self.cells = nn.ModuleList(
+            nn.LSTMCell(cfg.embed_dim + mem if i == 0 else cfg.decoder_hidden, cfg.decoder_hidden)
+            for i in range(cfg.decoder_layers)
+        )
+        self.attn_query = nn.Linear(cfg.decoder_hidden, cfg.attention_dim, bias=False)
+        self.attn_memory = nn.Linear(mem, cfg.attention_dim, bias=False)
+        self.attn_v = nn.Linear(cfg.attention_dim, 1, bias=False)
+        self.head = LinearSoftmaxHead(cfg.decoder_hidden, mem, cfg.output_hidden, cfg.tgt_vocab_size, cfg.dropout)
+        self.inference = InferenceNetwork(cfg) if with_inference else None
+        for p in self.parameters():
+            nn.init.uniform_(p, -cfg.init_range, cfg.init_range)
+
+    # -- encoder -------------------------------------------------------------------------
+    def encode(self, src: Tensor, src_lengths: Tensor, src_emb: Tensor | None = None) -> Encoded:
+        """``src (B, S)`` -> ``Encoded`` (memory ``(B, S, Dm)``)."""
+        if src_emb is None:
+            src_emb = self.dropout(self.src_embed(src))
+        memory = _run_packed(self.encoder, src_emb, src_lengths)  # (B, S, Dm)
+        mask = torch.arange(src.shape[1], device=src.device)[None, :] < src_lengths[:, None].to(src.device)
+        return Encoded(memory, self.attn_memory(memory), mask)
+
+    # -- decoder -------------------------------------------------------------------------
+    def initial_state(self, batch_size: int, device: torch.device) -> DecoderState:
+        zeros = torch.zeros(batch_size, self.cfg.decoder_hidden, device=device)
+        feed = torch.zeros(batch_size, 2 * self.cfg.encoder_hidden, device=device)
+        return DecoderState([(zeros, zeros) for _ in self.cells], feed)
+
+    def step(
+        self, emb_t: Tensor, state: DecoderState, enc: Encoded, topk: int | None = None
+    ) -> tuple[Tensor, Tensor, DecoderState]:
+        """One decoder step.
+
+        Args:
+            emb_t: ``(B, E)`` embedding of the previous output.
+            state: recurrent state and input feed.
+            enc: the encoded source.
+            topk: K-max truncation of the prior (changes the context fed forward too).
+
+        Returns:
+            query ``(B, Dd)``, prior scores ``(B, S)`` (``-inf`` at padding and outside the
+            top-k), and the next state whose feed is the soft prior context.
+        """
+        x = torch.cat([emb_t, state.feed], dim=-1)
+        hidden = []
+        for i, cell in enumerate(self.cells):
+            h, c = cell(x, state.hidden[i])
+            hidden.append((h, c))
+            x = self.dropout(h) if i + 1 < len(self.cells) else h
+        query = x  # (B, Dd)
+        energy = torch.tanh(self.attn_query(query).unsqueeze(1) + enc.memory_proj)  # (B, S, A)
+        scores = self.attn_v(energy).squeeze(-1).masked_fill(~enc.source_mask, NEG_INF)  # (B, S)
+        scores = truncate_topk(scores, topk)
+        context = torch.bmm(torch.softmax(scores, -1).unsqueeze(1), enc.memory).squeeze(1)  # (B, Dm)
+        return query, scores, DecoderState(hidden, context)
+
+    def decode(self, tgt_emb: Tensor, enc: Encoded, topk: int | None = None) -> tuple[Tensor, Tensor]:
+        """Teacher-forced pass: ``tgt_emb (B, T, E)`` -> queries ``(B, T, Dd)``, prior scores ``(B, T, S)``."""
+        state = self.initial_state(tgt_emb.shape[0], tgt_emb.device)
+        queries, scores = [], []
+        for t in range(tgt_emb.shape[1]):
+            q, s, state = self.step(tgt_emb[:, t], state, enc, topk)
+            queries.append(q)
+            scores.append(s)
+        return torch.stack(queries, 1), torch.stack(scores, 1)
+
+    # -- the latent layer ----------------------------------------------------------------
+    def problem(self, batch: Batch, with_posterior: bool, topk: int | None = None) -> AlignmentProblem:
+        """Run the networks on ``batch`` and wrap their outputs for an objective."""
+        src_emb = self.dropout(self.src_embed(batch.src))  # (B, S, E)
+        enc = self.encode(batch.src, batch.src_lengths, src_emb)
+        tgt_emb = self.dropout(self.tgt_embed(batch.tgt))  # (B, T+1, E): <s> y_1 .. y_n </s>
+        queries, prior_scores = self.decode(tgt_emb[:, :-1], enc, topk)
+        posterior_scores = None
+        if with_posterior:
+            if self.inference is None:
+                raise ValueError("this model was built without an inference network")
+            tgt_lengths = batch.tgt_mask.sum(1)
+            posterior_scores = self.inference(src_emb, batch.src_lengths, tgt_emb[:, 1:], tgt_lengths)
+            posterior_scores = posterior_scores.masked_fill(~enc.source_mask[:, None, :], NEG_INF)
+        emission = ContextEmission(
+            self.head, queries, enc.memory, batch.tgt_out, batch.tgt_mask, self.cfg.enum_chunk_rows
+        )
+        return AlignmentProblem(prior_scores, enc.source_mask, batch.tgt_mask, emission, posterior_scores)
+
+    def loss(self, batch: Batch, objective: Objective) -> LossTerms:
+        return objective.loss(self.problem(batch, objective.uses_posterior))
+
+    def score(self, batch: Batch, objective: Objective, topk: int | None = None) -> Scores:
+        return objective.score(self.problem(batch, objective.uses_posterior and topk is None, topk))
+
+    # -- prediction ----------------------------------------------------------------------
+    def next_token_log_probs(self, query: Tensor, scores: Tensor, enc: Encoded, predictive: str) -> Tensor:
+        """``log p(y_t = w | x, y_<t)`` for every word: ``(B, V)``.
+
+        ``predictive`` is the objective's predictive rule: ``marginal`` sums over
+        alignments (``log sum_i p_i f(x, i)``), ``soft`` and ``prior-mean`` evaluate the
+        output at the expected context under the prior.
+        """
+        log_alpha = torch.log_softmax(scores, -1)  # (B, S)
+        q_pre = self.head.query_part(query)  # (B, D)
+        if predictive == "marginal":
+            pre = q_pre.unsqueeze(1) + self.head.context_part(enc.memory)  # (B, S, D)
+            log_f = self.head.log_probs(pre)  # (B, S, V)
+            return torch.logsumexp(log_alpha.unsqueeze(-1) + log_f, dim=1)
+        if predictive in ("soft", "prior-mean"):
+            context = torch.bmm(log_alpha.exp().unsqueeze(1), enc.memory).squeeze(1)  # (B, Dm)
+            return self.head.log_probs(q_pre + self.head.context_part(context))
+        raise ValueError(f"unknown predictive rule {predictive!r}")

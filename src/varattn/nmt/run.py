@@ -1,0 +1,129 @@
+"""A run directory on disk, and the trained model it holds.
+
+Layout of ``RUN_DIR`` (nothing in it is ever unpickled):
+
+==================  =================================================================
+``run.json``        the training config, the model sizes and the segmentation (JSON)
+``vocab.src.txt``   source vocabulary, one token per line
+``vocab.tgt.txt``   target vocabulary
+``spm.*.model``     sentencepiece models, when the run segments raw text
+``best/``           model weights (safetensors) of the best validation score + meta.json
+``last/``           model weights after the latest evaluation + meta.json
+``resume/``         everything ``--resume`` needs: weights, optimizer, RNG states, counters
+``metrics.jsonl``   one JSON record per log line (train and valid)
+``tb/``             TensorBoard event files
+==================  =================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from varattn.checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
+from varattn.errors import VarattnError
+from varattn.latent import Objective, make_objective
+from varattn.nmt.batching import collate
+from varattn.nmt.config import TrainConfig
+from varattn.nmt.evaluate import sentence_scores
+from varattn.nmt.model import LatentAlignmentNMT, ModelConfig
+from varattn.nmt.text import Segmenter
+from varattn.nmt.vocab import Vocab
+
+RUN_FILE = "run.json"
+
+
+def save_run_files(run_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig, src_seg: Segmenter,
+                   tgt_seg: Segmenter, src_vocab: Vocab, tgt_vocab: Vocab) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    src_vocab.save(run_dir / "vocab.src.txt")
+    tgt_vocab.save(run_dir / "vocab.tgt.txt")
+    save_json(run_dir / RUN_FILE, {
+        "format": "varattn-run-1",
+        "config": cfg.to_dict(),
+        "model": model_cfg.to_dict(),
+        "segmentation": {"src": src_seg.to_json(), "tgt": tgt_seg.to_json()},
+    })
+
+
+def save_model(directory: Path, model: LatentAlignmentNMT, meta: dict) -> None:
+    """Model weights only (no optimizer state) as an atomic checkpoint directory."""
+    save_checkpoint(directory, {k: v.detach() for k, v in model.state_dict().items()}, meta)
+
+
+@dataclass
+class TrainedModel:
+    """A trained model loaded from a run directory: ``varattn.load(run_dir)`` returns one.
+
+    Attributes:
+        run_dir: the directory it came from.
+        config: the training configuration.
+        model: the network, in evaluation mode.
+        objective: the training mode's objective (its ``score`` gives the exact figures).
+        src_vocab, tgt_vocab, src_seg, tgt_seg: vocabularies and segmenters.
+        meta: the checkpoint's metadata (step, validation figures).
+    """
+
+    run_dir: Path
+    config: TrainConfig
+    model: LatentAlignmentNMT
+    objective: Objective
+    src_vocab: Vocab
+    tgt_vocab: Vocab
+    src_seg: Segmenter
+    tgt_seg: Segmenter
+    meta: dict
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    def encode_src(self, line: str) -> list[int]:
+        return self.src_vocab.encode(self.src_seg.tokenize(line))
+
+    def encode_tgt(self, line: str) -> list[int]:
+        return self.tgt_vocab.encode(self.tgt_seg.tokenize(line))
+
+    @torch.no_grad()
+    def score(self, src_lines: list[str], tgt_lines: list[str], batch_size: int = 32) -> list[dict]:
+        """Per pair: exact ``log_prob`` = log p(y | x), ``elbo`` (None without q), ``tokens``.
+
+        ``tokens`` counts target tokens including ``</s>``.
+        """
+        if len(src_lines) != len(tgt_lines):
+            raise VarattnError(f"score needs as many targets as sources: {len(src_lines)} vs {len(tgt_lines)}")
+        out: list[dict] = []
+        for start in range(0, len(src_lines), batch_size):
+            src = [self.encode_src(s) for s in src_lines[start : start + batch_size]]
+            tgt = [self.encode_tgt(t) for t in tgt_lines[start : start + batch_size]]
+            batch = collate(src, tgt, self.tgt_vocab, list(range(len(src))))
+            out.extend(sentence_scores(self.model, self.objective, batch))
+        return out
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> TrainedModel:
+    """Load ``RUN_DIR/{best,last}`` with its config, vocabularies and segmenters."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise VarattnError(f"run directory not found: {run_dir}")
+    if not (run_dir / RUN_FILE).is_file():
+        raise VarattnError(f"{run_dir} is not a varattn run directory (no {RUN_FILE})")
+    info = load_json(run_dir / RUN_FILE)
+    cfg = TrainConfig.from_dict(info["config"])
+    model_cfg = ModelConfig.from_dict(info["model"])
+    objective = make_objective(cfg.mode, **cfg.objective)
+    model = LatentAlignmentNMT(model_cfg, with_inference=objective.uses_posterior)
+    tensors, meta = load_checkpoint(run_dir / which)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise VarattnError(f"checkpoint {run_dir / which} does not match its run.json "
+                           f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    model.eval()
+    seg = info["segmentation"]
+    return TrainedModel(
+        run_dir, cfg, model, objective,
+        Vocab.load(run_dir / "vocab.src.txt"), Vocab.load(run_dir / "vocab.tgt.txt"),
+        Segmenter.from_json(seg["src"], run_dir), Segmenter.from_json(seg["tgt"], run_dir), meta,
+    )

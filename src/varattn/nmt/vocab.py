@@ -1,0 +1,69 @@
+"""Token vocabularies, stored as plain text (one token per line, index = line number)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from varattn.errors import VarattnError
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
+SPECIALS = (PAD, UNK, BOS, EOS)
+
+
+class Vocab:
+    """A token <-> index map whose first four entries are ``<pad> <unk> <s> </s>``."""
+
+    def __init__(self, tokens: Iterable[str]):
+        self.itos: list[str] = list(tokens)
+        if tuple(self.itos[: len(SPECIALS)]) != SPECIALS:
+            raise VarattnError(f"a vocabulary must start with {' '.join(SPECIALS)}")
+        self.stoi = {tok: i for i, tok in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise VarattnError("a vocabulary lists the same token twice")
+
+    pad = property(lambda self: 0)
+    unk = property(lambda self: 1)
+    bos = property(lambda self: 2)
+    eos = property(lambda self: 3)
+
+    @classmethod
+    def build(cls, sentences: Iterable[list[str]], max_size: int | None = None, min_freq: int = 1) -> Vocab:
+        """Every token of ``sentences`` seen at least ``min_freq`` times, most frequent first."""
+        counts = Counter(tok for sent in sentences for tok in sent)
+        ranked = sorted((t for t, c in counts.items() if c >= min_freq and t not in SPECIALS),
+                        key=lambda t: (-counts[t], t))
+        if max_size is not None:
+            ranked = ranked[: max(0, max_size - len(SPECIALS))]
+        return cls([*SPECIALS, *ranked])
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, tokens: list[str]) -> list[int]:
+        return [self.stoi.get(t, 1) for t in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Tokens for ``ids``, stopping at ``</s>`` and skipping ``<pad>``/``<s>``."""
+        out = []
+        for i in ids:
+            if i == self.eos:
+                break
+            if i in (self.pad, self.bos):
+                continue
+            out.append(self.itos[i])
+        return out
+
+    def save(self, path: str | Path) -> None:
+        from varattn.checkpoint import atomic_write_text
+
+        atomic_write_text(path, "\n".join(self.itos) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocab:
+        path = Path(path)
+        if not path.is_file():
+            raise VarattnError(f"vocabulary file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        return cls(text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"))

@@ -1,0 +1,203 @@
+"""Plots: alignment heatmaps and training curves, written to PNG files.
+
+Importing this module selects matplotlib's non-interactive ``Agg`` backend, so plots work on
+machines without a display (training servers, CI).  Every function saves its figure and
+closes it, so repeated calls do not accumulate open figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+from varattn.align import as_2d_array  # noqa: E402
+from varattn.errors import VarattnError  # noqa: E402
+
+DPI = 120
+_MAX_LABEL_CHARS = 18
+_X_KEYS = ("step", "epoch")
+
+
+def _label(token: str) -> str:
+    """Make a token safe and short enough for a tick label ("$" would start mathtext)."""
+    token = str(token)
+    if len(token) > _MAX_LABEL_CHARS:
+        token = token[: _MAX_LABEL_CHARS - 1] + "\u2026"
+    return token.replace("$", r"\$")
+
+
+def _prepare_path(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def plot_alignments(
+    matrices: Mapping[str, Any],
+    src_tokens: Sequence[str],
+    tgt_tokens: Sequence[str],
+    path: str | os.PathLike[str],
+    title: str | None = None,
+) -> Path:
+    """Save side-by-side alignment heatmaps (one panel per entry of ``matrices``) as a PNG.
+
+    ``matrices`` maps a panel name (e.g. ``"prior"``, ``"posterior"``, ``"exact posterior"``) to a
+    ``(T, S)`` matrix of p(z = i | target position t) (tensor, array or nested list), with
+    ``T = len(tgt_tokens)`` and ``S = len(src_tokens)``.  Target tokens run down the y axis,
+    source tokens along the x axis; all panels share one 0..1 colour scale and one colour bar.
+    Returns the path written.  Raises :class:`VarattnError` for no matrices or a shape mismatch.
+    """
+    if not matrices:
+        raise VarattnError("plot_alignments needs at least one matrix")
+    n_src, n_tgt = len(src_tokens), len(tgt_tokens)
+    arrays: dict[str, np.ndarray] = {}
+    for name, m in matrices.items():
+        arr = as_2d_array(m)
+        if arr.shape != (n_tgt, n_src):
+            raise VarattnError(
+                f"matrix {name!r} has shape {arr.shape}, expected (T, S) = ({n_tgt}, {n_src}) "
+                "from the target and source tokens"
+            )
+        arrays[str(name)] = arr
+
+    n = len(arrays)
+    longest = max((len(_label(t)) for t in [*src_tokens, *tgt_tokens]), default=1)
+    fontsize = 9 if max(n_src, n_tgt) <= 20 else 7 if max(n_src, n_tgt) <= 40 else 5
+    cell = 0.26 if fontsize >= 7 else 0.18  # inches per token
+    label_room = 0.4 + 0.008 * fontsize * longest  # a character is about 0.6 em wide
+    panel_w = max(2.0, cell * n_src)
+    panel_h = max(2.0, cell * n_tgt)
+    fig_w = n * (panel_w + label_room) + 1.2
+    fig_h = panel_h + label_room + (0.6 if title else 0.3)
+
+    fig, axes = plt.subplots(1, n, figsize=(fig_w, fig_h), squeeze=False, layout="constrained")
+    try:
+        image = None
+        for ax, (name, arr) in zip(axes[0], arrays.items()):
+            image = ax.imshow(arr, vmin=0.0, vmax=1.0, cmap="Greys", aspect="equal", interpolation="nearest")
+            ax.set_title(name, fontsize=fontsize + 2)
+            ax.set_xticks(range(n_src))
+            ax.set_xticklabels([_label(t) for t in src_tokens], rotation=90, fontsize=fontsize)
+            ax.set_yticks(range(n_tgt))
+            ax.set_yticklabels([_label(t) for t in tgt_tokens], fontsize=fontsize)
+            ax.set_xlabel("source", fontsize=fontsize + 1)
+            ax.set_ylabel("target", fontsize=fontsize + 1)
+            ax.tick_params(length=2)
+        fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="p(z | target position)")
+        if title:
+            fig.suptitle(title, fontsize=fontsize + 3)
+        out = _prepare_path(path)
+        fig.savefig(out, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def plot_metrics(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Save training curves from metrics records as a PNG, one small panel per metric.
+
+    Each record is a dict such as ``{"step": 10, "split": "train", "loss": 3.2, "ppl": 20.1}``;
+    validation records have ``"split": "valid"``.  Every key with a finite numeric value other
+    than ``step`` / ``epoch`` gets a panel, in order of first appearance, with one line per
+    split.  The x axis is ``step`` if any record has one, else ``epoch``, else the record index.
+    Keys containing ``"ppl"`` use a log-scale y axis (when all their values are positive).
+    Non-numeric values and ``None`` are skipped.  Returns the path written.  Raises
+    :class:`VarattnError` if there are no records or nothing numeric to plot.
+    """
+    if not records:
+        raise VarattnError("no metrics records to plot")
+    x_key = next((k for k in _X_KEYS if any(_is_number(r.get(k)) for r in records)), None)
+
+    # series[key][split] = ([x...], [y...])
+    series: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    for index, rec in enumerate(records):
+        if x_key is None:
+            x = float(index)
+        elif _is_number(rec.get(x_key)):
+            x = float(rec[x_key])
+        else:
+            continue
+        split = str(rec.get("split", "all"))
+        for key, value in rec.items():
+            if key in _X_KEYS or not _is_number(value):
+                continue
+            xs, ys = series.setdefault(str(key), {}).setdefault(split, ([], []))
+            xs.append(x)
+            ys.append(float(value))
+    if not series:
+        raise VarattnError("metrics records contain no numeric values to plot")
+
+    n = len(series)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.0 * ncols, 2.8 * nrows), squeeze=False, layout="constrained"
+    )
+    try:
+        flat = list(axes.flat)
+        for ax, (key, by_split) in zip(flat, series.items()):
+            for split, (xs, ys) in by_split.items():
+                marker = "o" if len(xs) <= 30 else None
+                ax.plot(xs, ys, label=split, marker=marker, markersize=3, linewidth=1.2)
+            values = [y for _, ys in by_split.values() for y in ys]
+            if "ppl" in key and all(v > 0 for v in values):
+                ax.set_yscale("log")
+            ax.set_title(key, fontsize=10)
+            ax.set_xlabel(x_key or "record", fontsize=8)
+            ax.tick_params(which="both", labelsize=8)
+            ax.grid(True, alpha=0.3)
+            if len(by_split) > 1 or "all" not in by_split:
+                ax.legend(fontsize=7)
+        for ax in flat[n:]:
+            ax.set_visible(False)
+        out = _prepare_path(path)
+        fig.savefig(out, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
+    return out
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a JSON-lines metrics file into a list of dicts (one per non-blank line).
+
+    A last line that is not a complete JSON object (a crash while writing can leave one) is
+    skipped with a warning.  A bad line anywhere else raises :class:`VarattnError` naming the
+    file and the 1-based line number; so does a missing file.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VarattnError(f"cannot read metrics file {os.fspath(path)}: {exc}") from exc
+    numbered = [(k, line) for k, line in enumerate(lines, start=1) if line.strip()]
+    records: list[dict[str, Any]] = []
+    for pos, (lineno, line) in enumerate(numbered):
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            if pos == len(numbered) - 1:
+                warnings.warn(
+                    f"{os.fspath(path)}:{lineno}: skipping truncated last line ({exc})", stacklevel=2
+                )
+                break
+            raise VarattnError(f"{os.fspath(path)}:{lineno}: corrupted metrics line: {exc}") from exc
+        records.append(rec)
+    return records
