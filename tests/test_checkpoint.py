@@ -60,9 +60,7 @@ def deep_equal(a, b) -> bool:
     if isinstance(a, float):
         return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
     if isinstance(a, dict):
-        return list(a) == list(b) and all(
-            type(k1) is type(k2) and deep_equal(a[k1], b[k2]) for k1, k2 in zip(a, b)
-        )
+        return list(a) == list(b) and all(type(k1) is type(k2) and deep_equal(a[k1], b[k2]) for k1, k2 in zip(a, b))
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(deep_equal(x, y) for x, y in zip(a, b))
     return a == b

@@ -172,9 +172,7 @@ def _parse_json(raw: bytes, path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise VarattnError(
-            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from exc
+        raise VarattnError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
     except RecursionError as exc:
         raise VarattnError(f"{path} is not valid JSON (nested too deeply)") from exc
 

@@ -15,6 +15,12 @@ from varattn.errors import VarattnError
 
 log = logging.getLogger("varattn")
 
+#: modules that add subcommands: each has ``register(subparsers)``
+COMMAND_MODULES = [
+    "varattn.commands.translate",
+    "varattn.commands.align",
+]
+
 
 def _add_corpus_flags(p: argparse.ArgumentParser, with_prefix: bool = True) -> None:
     if with_prefix:
@@ -45,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "mode": args.mode, "train": args.train, "valid": args.valid, "src_lang": args.src_lang,
             "tgt_lang": args.tgt_lang, "max_steps": args.max_steps, "epochs": args.epochs, "seed": args.seed,
             "batch_size": args.batch_size, "lr": args.lr, "eval_every": args.eval_every,
-            "threads": args.threads,
+            "threads": args.threads, "max_minutes": args.max_minutes,
         }
         cfg = load_config(args.config, overrides, args.set)
         run_dir = Path(args.out or f"runs/{cfg.mode}")
@@ -149,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--epochs", type=int)
+    p.add_argument("--max-minutes", type=float, help="stop (and validate) after this much wall-clock time")
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -175,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=int, nargs=3, metavar=("TRAIN", "VALID", "TEST"))
     p.set_defaults(func=cmd_toy_data)
 
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -79,8 +79,7 @@ def _decode_lines(data: bytes, name: str) -> list[str]:
         line_start = data.rfind(b"\n", 0, exc.start) + 1
         column = exc.start - line_start + 1
         raise VarattnError(
-            f"{name}: line {line_no} is not valid UTF-8 (byte 0x{data[exc.start]:02x} at byte "
-            f"{column} of the line)"
+            f"{name}: line {line_no} is not valid UTF-8 (byte 0x{data[exc.start]:02x} at byte {column} of the line)"
         ) from exc
     if not text:
         return []
@@ -255,8 +254,7 @@ def _decode_one(line: str | bytes, number: int, label: str) -> str:
             line.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise VarattnError(
-                f"{label}: line {number} is not valid UTF-8 (undecodable character at position "
-                f"{exc.start + 1})"
+                f"{label}: line {number} is not valid UTF-8 (undecodable character at position {exc.start + 1})"
             ) from exc
         text = line
     if text.endswith("\r"):

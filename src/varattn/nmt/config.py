@@ -49,6 +49,7 @@ class TrainConfig:
     clip: float = 5.0
     epochs: int = 30
     max_steps: int | None = None
+    max_minutes: float | None = None
     lr_decay: float = 0.5
     decay_start_epoch: int = 2
     eval_every: int | None = None

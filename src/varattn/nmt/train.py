@@ -220,10 +220,14 @@ class Trainer:
         started, window_tokens = time.perf_counter(), 0
         last_valid: dict | None = None
         self.model.train()
+        deadline = None if cfg.max_minutes is None else time.monotonic() + 60 * cfg.max_minutes
         while st.epoch < cfg.epochs and (cfg.max_steps is None or st.step < cfg.max_steps):
             batches = self.epoch_batches(st.epoch)
             while st.batch_in_epoch < len(batches):
                 if cfg.max_steps is not None and st.step >= cfg.max_steps:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    log.info("time limit of %s minutes reached at step %d", cfg.max_minutes, st.step)
                     break
                 batch = batches[st.batch_in_epoch]
                 totals = self.update(batch)

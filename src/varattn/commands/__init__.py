@@ -1,0 +1,1 @@
+"""Subcommands of ``varattn`` beyond train/evaluate/toy-data; each module has ``register(subparsers)``."""

@@ -1,0 +1,5 @@
+"""Placeholder: subcommands are added by the module's owner."""
+
+
+def register(sub) -> None:
+    return None
