@@ -210,7 +210,8 @@ def iter_lines(stream: IO[str] | IO[bytes], name: str | None = None) -> Iterator
     through that buffer and decoded here as strict UTF-8 whatever the locale; a binary stream is
     decoded the same way; a pure text stream (``io.StringIO``) is split on ``"\\n"`` and checked for
     undecodable characters (lone surrogates). Invalid input raises VarattnError naming the stream
-    (``name`` or ``stream.name``) and the 1-based line number, when that line is reached.
+    (``name`` or ``stream.name``) and the 1-based line number, when that line is reached. Do not read
+    from the text layer of such a stream before calling this: text it already buffered is skipped.
     """
     label = _stream_name(stream, name)
     buffer = getattr(stream, "buffer", None)
