@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from latent_problems import flat_grad, make_toy
 
 from varattn.latent import MaskedCategorical, MaskedDirichlet
+from varattn.latent.toy import flat_grad, make_toy
 
 
 def _padded_logits(seed: int, lengths: list[int], t: int = 2) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from latent_problems import flat_grad, make_toy
 
 from varattn.errors import VarattnError
 from varattn.latent import make_objective, mode_names
+from varattn.latent.toy import flat_grad, make_toy
 
 ALL_MODES = mode_names()
 

@@ -252,7 +252,7 @@ class HardEnum(Objective):
 
 
 def _reinforce(
-    problem: AlignmentProblem, sampler: MaskedCategorical, num_samples: int
+    problem: AlignmentProblem, sampler: MaskedCategorical, num_samples: int, use_baseline: bool = True
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """One-sample (or K-sample) REINFORCE with the soft-attention baseline.
 
@@ -260,11 +260,15 @@ def _reinforce(
     (prior soft attention, detached). Returns the surrogate objective per token (to be
     *maximised*; its gradient is ``grad log f(z) + (log f(z) - B) grad log sampler(z)``),
     the objective's value estimate ``mean_k log f(z_k)``, and reporting figures.
+    ``use_baseline=False`` sets ``B = 0`` (plain REINFORCE, for variance comparisons).
     """
     z = sampler.sample(num_samples)  # (K, B, T)
     log_f = problem.emission.log_prob(sampler.one_hot(z))  # (K, B, T)
     with torch.no_grad():
-        baseline = problem.emission.log_prob(problem.prior().probs)  # (B, T)
+        if use_baseline:
+            baseline = problem.emission.log_prob(problem.prior().probs)  # (B, T)
+        else:
+            baseline = torch.zeros_like(log_f[0])
     reward = (log_f - baseline).detach()  # (K, B, T)
     log_sampler = sampler.log_prob(z)  # (K, B, T)
     surrogate = (log_f + reward * log_sampler).mean(0)  # (B, T)
@@ -287,13 +291,14 @@ class HardSample(Objective):
     name = "hard-sample"
     description = "hard attention, sampled from the prior, REINFORCE with the soft baseline"
 
-    def __init__(self, num_samples: int = 1):
+    def __init__(self, num_samples: int = 1, baseline: bool = True):
         self.num_samples = num_samples
+        self.baseline = baseline
 
     def loss(self, problem: AlignmentProblem) -> LossTerms:
         mask = problem.target_mask
         prior = problem.prior()
-        surrogate, value, stats = _reinforce(problem, prior, self.num_samples)
+        surrogate, value, stats = _reinforce(problem, prior, self.num_samples, self.baseline)
         per_token = {
             "nll": _masked(-value, mask).detach(),
             "prior_entropy": _masked(prior.entropy(), mask).detach(),
@@ -344,13 +349,14 @@ class VariationalSample(_Variational):
     name = "var-sample"
     description = "variational attention, one sample from q, REINFORCE with the soft baseline"
 
-    def __init__(self, num_samples: int = 1):
+    def __init__(self, num_samples: int = 1, baseline: bool = True):
         self.num_samples = num_samples
+        self.baseline = baseline
 
     def loss(self, problem: AlignmentProblem) -> LossTerms:
         mask = problem.target_mask
         prior, q = problem.prior(), problem.posterior()
-        surrogate, value, stats = _reinforce(problem, q, self.num_samples)
+        surrogate, value, stats = _reinforce(problem, q, self.num_samples, self.baseline)
         kl = q.kl(prior)  # analytic, gradient into q and p
         per_token = {"nll": _masked(kl - value, mask).detach(), **self._figures(prior, q, kl, mask), **stats}
         return LossTerms(_total(kl - surrogate, mask), per_token, mask)

@@ -1,4 +1,4 @@
-"""Small random alignment problems shared by the latent-core tests."""
+"""Small random alignment problems: for tests, benchmarks and for trying the objectives out."""
 
 from __future__ import annotations
 
