@@ -118,6 +118,28 @@ def _total(x: Tensor, mask: Tensor) -> Tensor:
     return _masked(x, mask).sum()
 
 
+@dataclass
+class _Enumerated:
+    """The prior, every position's emission ``(B, T, S)`` and the exact log-marginal ``(B, T)``."""
+
+    prior: MaskedCategorical
+    emit_all: Tensor
+    log_marginal: Tensor
+
+    def figures(self, mask: Tensor) -> dict[str, Tensor]:
+        """Detached reporting figures shared by the enumerating modes."""
+        return {
+            "log_marginal": _masked(self.log_marginal, mask).detach(),
+            "prior_entropy": _masked(self.prior.entropy(), mask).detach(),
+        }
+
+
+def _enumerate(problem: AlignmentProblem) -> _Enumerated:
+    prior = problem.prior()
+    emit_all = problem.emission.log_prob_all()  # (B, T, S)
+    return _Enumerated(prior, emit_all, torch.logsumexp(prior.log_probs + emit_all, dim=-1))
+
+
 class Objective:
     """Base class: one training mode.
 
@@ -143,17 +165,15 @@ class Objective:
     def score(self, problem: AlignmentProblem) -> Scores:
         """Exact marginal ``log sum_i p_i f(x, i)_y`` and, with q, the enumerated ELBO."""
         mask = problem.target_mask
-        prior = problem.prior()
-        emit_all = problem.emission.log_prob_all()  # (B, T, S)
-        log_joint = prior.log_probs + emit_all
-        log_marginal = torch.logsumexp(log_joint, dim=-1)
-        figures = {"prior_entropy": _masked(prior.entropy(), mask)}
+        enum = _enumerate(problem)
+        figures = {"prior_entropy": _masked(enum.prior.entropy(), mask)}
         if self.uses_posterior and problem.posterior_scores is not None:
             q = problem.posterior()
-            figures["elbo"] = _masked(q.expectation(emit_all) - q.kl(prior), mask)
-            figures["kl"] = _masked(q.kl(prior), mask)
+            kl = q.kl(enum.prior)
+            figures["elbo"] = _masked(q.expectation(enum.emit_all) - kl, mask)
+            figures["kl"] = _masked(kl, mask)
             figures["posterior_entropy"] = _masked(q.entropy(), mask)
-        return Scores(_masked(log_marginal, mask), figures)
+        return Scores(_masked(enum.log_marginal, mask), figures)
 
 
 _REGISTRY: dict[str, type[Objective]] = {}
@@ -219,15 +239,9 @@ class MarginalLikelihood(Objective):
 
     def loss(self, problem: AlignmentProblem) -> LossTerms:
         mask = problem.target_mask
-        prior = problem.prior()
-        emit_all = problem.emission.log_prob_all()
-        log_marginal = torch.logsumexp(prior.log_probs + emit_all, dim=-1)  # (B, T)
-        per_token = {
-            "nll": _masked(-log_marginal, mask).detach(),
-            "log_marginal": _masked(log_marginal, mask).detach(),
-            "prior_entropy": _masked(prior.entropy(), mask).detach(),
-        }
-        return LossTerms(_total(-log_marginal, mask), per_token, mask)
+        enum = _enumerate(problem)
+        per_token = {"nll": _masked(-enum.log_marginal, mask).detach(), **enum.figures(mask)}
+        return LossTerms(_total(-enum.log_marginal, mask), per_token, mask)
 
 
 @register
@@ -239,15 +253,9 @@ class HardEnum(Objective):
 
     def loss(self, problem: AlignmentProblem) -> LossTerms:
         mask = problem.target_mask
-        prior = problem.prior()
-        emit_all = problem.emission.log_prob_all()
-        bound = prior.expectation(emit_all)  # (B, T)
-        log_marginal = torch.logsumexp(prior.log_probs + emit_all, dim=-1)
-        per_token = {
-            "nll": _masked(-bound, mask).detach(),
-            "log_marginal": _masked(log_marginal, mask).detach(),
-            "prior_entropy": _masked(prior.entropy(), mask).detach(),
-        }
+        enum = _enumerate(problem)
+        bound = enum.prior.expectation(enum.emit_all)  # (B, T)
+        per_token = {"nll": _masked(-bound, mask).detach(), **enum.figures(mask)}
         return LossTerms(_total(-bound, mask), per_token, mask)
 
 
@@ -329,16 +337,11 @@ class VariationalEnum(_Variational):
 
     def loss(self, problem: AlignmentProblem) -> LossTerms:
         mask = problem.target_mask
-        prior, q = problem.prior(), problem.posterior()
-        emit_all = problem.emission.log_prob_all()
-        kl = q.kl(prior)
-        elbo = q.expectation(emit_all) - kl  # (B, T)
-        log_marginal = torch.logsumexp(prior.log_probs + emit_all, dim=-1)
-        per_token = {
-            "nll": _masked(-elbo, mask).detach(),
-            "log_marginal": _masked(log_marginal, mask).detach(),
-            **self._figures(prior, q, kl, mask),
-        }
+        enum, q = _enumerate(problem), problem.posterior()
+        kl = q.kl(enum.prior)
+        elbo = q.expectation(enum.emit_all) - kl  # (B, T)
+        per_token = {"nll": _masked(-elbo, mask).detach(), **enum.figures(mask),
+                     **self._figures(enum.prior, q, kl, mask)}
         return LossTerms(_total(-elbo, mask), per_token, mask)
 
 
