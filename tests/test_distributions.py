@@ -136,3 +136,28 @@ def test_enumeration_matches_one_hot_scoring_and_chunking():
     g_full = flat_grad(toy.problem(chunk_rows=10_000).emission.log_prob_all().sum(), params)
     g_tiny = flat_grad(toy.problem(chunk_rows=1).emission.log_prob_all().sum(), params)
     torch.testing.assert_close(g_full, g_tiny)
+
+
+def test_enumeration_never_scores_more_rows_than_the_chunk():
+    """Peak memory of enumeration is set by ``chunk_rows``, in the backward pass too."""
+    toy = make_toy(6, batch=3, tgt_len=5, src_len=4)
+    seen: list[int] = []
+    original = toy.head.log_prob_gold
+
+    def recording(pre, gold):
+        seen.append(pre.shape[0])
+        return original(pre, gold)
+
+    toy.head.log_prob_gold = recording
+    emission = toy.problem(chunk_rows=9).emission
+    scores = emission.log_prob_all()
+    forward_calls = len(seen)
+    assert forward_calls == 8  # 15 target rows, 2 per chunk (2 x 4 positions <= 9 rows)
+    scores.sum().backward()
+    # the backward pass recomputed every chunk (checkpointing) rather than storing it
+    assert len(seen) == 2 * forward_calls
+    assert max(seen) <= 9
+    assert all(p.grad is not None for p in toy.head.parameters())
+    seen.clear()
+    toy.problem(chunk_rows=9).emission.log_prob(torch.softmax(toy.prior_scores, -1)).sum().backward()
+    assert max(seen) <= 9

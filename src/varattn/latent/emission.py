@@ -86,7 +86,13 @@ class ContextEmission:
         self.memory_pre = head.context_part(memory)  # (B, S, D)
 
     def _score_rows(self, pre: Tensor, gold: Tensor) -> Tensor:
-        """Run the head's non-linear part over ``pre (N, D)`` in checkpointed chunks."""
+        """Run the head's non-linear part over ``pre (N, D)`` in chunks.
+
+        When there is more than one chunk, each is recomputed in the backward pass instead
+        of keeping its ``(chunk, V)`` activations; a single chunk runs plainly.
+        """
+        if pre.shape[0] <= self.chunk_rows:
+            return self.head.log_prob_gold(pre, gold)
         out = []
         for start in range(0, pre.shape[0], self.chunk_rows):
             p = pre[start : start + self.chunk_rows]
@@ -134,7 +140,8 @@ class ContextEmission:
             lp = self.head.log_prob_gold(pre.reshape(-1, pre.shape[-1]), gold.reshape(-1))
             return lp.reshape(-1, s)
 
-        if torch.is_grad_enabled() and (self.query_pre.requires_grad or self.memory_pre.requires_grad):
+        single = rb.shape[0] == int(self.target_mask.sum())  # everything fits in one chunk
+        if not single and torch.is_grad_enabled() and (self.query_pre.requires_grad or self.memory_pre.requires_grad):
             return checkpoint(run, self.query_pre, self.memory_pre, use_reentrant=False)
         return run(self.query_pre, self.memory_pre)
 
