@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = {
             "mode": args.mode, "train": args.train, "valid": args.valid, "src_lang": args.src_lang,
             "tgt_lang": args.tgt_lang, "max_steps": args.max_steps, "epochs": args.epochs, "seed": args.seed,
-            "batch_size": args.batch_size, "lr": args.lr, "eval_every": args.eval_every,
+            "batch_size": args.batch_size, "batch_tokens": args.batch_tokens, "lr": args.lr, "eval_every": args.eval_every,
             "threads": args.threads, "max_minutes": args.max_minutes,
         }
         cfg = load_config(args.config, overrides, args.set)
@@ -113,7 +113,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"mode {trained.mode} | {result['sentences']} sentences, {result['tokens']} tokens")
-    print(f"exact perplexity      {result['ppl']:.4f}")
+    label = "sampled perplexity   " if result.get("importance_samples") else "exact perplexity     "
+    print(f"{label} {result['ppl']:.4f}")
     if result.get("elbo_ppl") is not None:
         print(f"ELBO perplexity       {result['elbo_ppl']:.4f}")
     if "kmax_ppl" in result:
@@ -157,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-minutes", type=float, help="stop (and validate) after this much wall-clock time")
     p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="sentences per batch")
+    p.add_argument("--batch-tokens", type=int, help="batch by padded target tokens instead of sentences")
     p.add_argument("--lr", type=float)
     p.add_argument("--eval-every", type=int, help="validate every N updates (default: every epoch)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
