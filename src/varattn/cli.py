@@ -50,7 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = {
             "mode": args.mode, "train": args.train, "valid": args.valid, "src_lang": args.src_lang,
             "tgt_lang": args.tgt_lang, "max_steps": args.max_steps, "epochs": args.epochs, "seed": args.seed,
-            "batch_size": args.batch_size, "batch_tokens": args.batch_tokens, "lr": args.lr, "eval_every": args.eval_every,
+            "batch_size": args.batch_size, "batch_tokens": args.batch_tokens, "lr": args.lr,
+            "eval_every": args.eval_every,
             "threads": args.threads, "max_minutes": args.max_minutes,
         }
         cfg = load_config(args.config, overrides, args.set)
