@@ -10,6 +10,7 @@ cores) and ``iwslt14`` (the paper's sizes and recipe).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ class TrainConfig:
     eval_every: int | None = None
     max_valid_sentences: int | None = None
     max_bad_steps: int = 20
+    # crash safety: write resume/ every ``save_every`` updates (and at every validation); 0/None: validations only
+    save_every: int | None = 500
+    log_every: int = 25  # a train record in metrics.jsonl every this many updates
     threads: int | None = None
     model: dict[str, Any] = field(default_factory=dict)
     objective: dict[str, Any] = field(default_factory=dict)
@@ -74,13 +78,55 @@ class TrainConfig:
             raise VarattnError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return cls(**d)
 
+    def _check_types(self) -> None:
+        """Every key has its declared type; numbers YAML reads as strings (``3e-4``) become floats."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            if value is None:
+                if "None" in kind:
+                    continue
+                raise VarattnError(f"{f.name} must be set")
+            if kind.startswith("float") and isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise VarattnError(f"{f.name} must be a number, got {value!r}") from None
+            expected = {"int": (int,), "float": (int, float), "str": (str,), "list": (list, tuple),
+                        "dict": (dict,)}[kind.split("[")[0].split(" ")[0]]
+            if isinstance(value, bool) or not isinstance(value, expected):
+                noun = {"int": "an integer", "float": "a number", "str": "a string", "list": "a list",
+                        "dict": "a mapping"}[kind.split("[")[0].split(" ")[0]]
+                raise VarattnError(f"{f.name} must be {noun}, got {value!r}")
+            if kind.startswith("float"):
+                value = float(value)
+                if not math.isfinite(value):
+                    raise VarattnError(f"{f.name} must be finite, got {value!r}")
+            setattr(self, f.name, value)
+        if len(self.synthetic_sizes) != 3 or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in self.synthetic_sizes):
+            raise VarattnError(f"synthetic_sizes must be three non-negative integers (train, valid, test), got "
+                               f"{self.synthetic_sizes!r}")
+        for key in ("lr", "clip", "lr_decay", "max_minutes"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise VarattnError(f"{key} must be positive, got {value!r}")
+
     def validate(self) -> TrainConfig:
+        self._check_types()
         make_objective(self.mode, **self.objective)  # bad mode names and options fail here
         unknown = set(self.model) - set(ModelConfig.__dataclass_fields__)
         if unknown:
             raise VarattnError(f"unknown model config keys: {', '.join(sorted(unknown))}")
         if self.batch_size < 1:
             raise VarattnError("batch_size must be at least 1")
+        for key in ("save_every", "eval_every", "max_steps"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise VarattnError(f"{key} must be a non-negative integer, got {value!r}")
+        for key in ("log_every", "max_bad_steps"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise VarattnError(f"{key} must be a positive integer, got {value!r}")
         if (self.train is None) != (self.valid is None):
             raise VarattnError("give both --train and --valid, or neither (the synthetic task)")
         return self

@@ -6,16 +6,25 @@ gradient norm is not finite, clip the gradient norm, take an Adam step. After ev
 (or every ``eval_every`` updates) the validation set is scored exactly; the learning rate is
 halved when the validation metric is worse than the best so far (from ``decay_start_epoch``
 on); ``best/``, ``last/`` and ``resume/`` are written atomically.
+
+``resume/`` is also written every ``save_every`` updates. It holds everything the numbers depend
+on -- model, Adam state, learning rate, step, epoch, position in the epoch's batch order, best
+metric, the open train-record window and the torch / python / numpy RNG states -- so an
+interrupted run continued with ``--resume`` ends bit-identical to one that was never stopped, and
+``metrics.jsonl`` is cut back to what it held at that save. See docs/reliability.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,16 +32,33 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from varattn.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from varattn.checkpoint import (
+    backup_path,
+    flatten_state,
+    load_checkpoint,
+    load_json,
+    save_checkpoint,
+    save_json,
+    unflatten_state,
+)
+from varattn.data.corpus import read_lines, resolve_pair
 from varattn.errors import VarattnError
 from varattn.latent import make_objective
 from varattn.nmt.config import TrainConfig
-from varattn.nmt.data import RunData, encode_pairs, prepare_run_data
+from varattn.nmt.data import EncodedPairs, RunData, encode_pairs, prepare_run_data, read_pairs, synthetic_pairs
 from varattn.nmt.evaluate import evaluate
 from varattn.nmt.model import LatentAlignmentNMT
 from varattn.nmt.run import RUN_FILE, save_model, save_run_files
+from varattn.nmt.text import Segmenter
+from varattn.nmt.vocab import Vocab
 
 log = logging.getLogger("varattn")
+
+_EMPTY_WINDOW = {"nll": 0.0, "tokens": 0.0, "kl": 0.0}
+#: config keys --resume may change: they do not alter the numbers of the steps already taken
+RESUMABLE_KEYS = ("max_steps", "epochs", "max_minutes", "save_every", "threads")
+RESUME_DIR = "resume"
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -47,6 +73,17 @@ class TrainerState:
     bad_steps: int = 0
     consecutive_bad: int = 0
     history: list = field(default_factory=list)
+    #: step of the latest validation (-1: none yet); a run whose target is reached and validated is finished
+    valid_step: int = -1
+    #: sums over the updates since the last train record (nll, tokens, kl)
+    window: dict = field(default_factory=lambda: dict(_EMPTY_WINDOW))
+    #: size of metrics.jsonl when this state was saved; --resume cuts the file back to it
+    metrics_bytes: int | None = None
+    #: the latest validation record (what ``train`` returns)
+    last_valid: dict | None = None
+    #: sha256 of the training and validation pairs as ids: the batch order of a resumed run depends on them
+    data_sha256: str | None = None
+
 
 
 def set_seed(seed: int) -> None:
@@ -73,14 +110,15 @@ def _valid_metric(result: dict) -> float:
 class MetricsLog:
     """Appends records to ``metrics.jsonl`` and mirrors numbers to TensorBoard."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(self, run_dir: Path, tensorboard: bool = True, purge_step: int | None = None):
+        self.path = run_dir / METRICS_FILE
         self.writer = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(run_dir / "tb"))
+                # purge_step drops events a crashed run logged after its last resume/ save
+                self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
             except ImportError:  # pragma: no cover - tensorboard is a dependency
                 self.writer = None
 
@@ -98,66 +136,255 @@ class MetricsLog:
             self.writer.close()
 
 
+
+
+def check_corpora(cfg: TrainConfig) -> None:
+    """Read every corpus file of ``cfg`` once, before a run writes anything.
+
+    Missing files, invalid UTF-8 (named by file and line) and parallel files of different lengths
+    raise VarattnError here rather than after minutes of sentencepiece training.
+    """
+    if cfg.train is None:
+        return
+    for prefix in (cfg.train, cfg.valid):
+        src_path, tgt_path = resolve_pair(prefix, cfg.src_lang, cfg.tgt_lang)
+        n_src, n_tgt = len(read_lines(src_path)), len(read_lines(tgt_path))
+        if n_src != n_tgt:
+            raise VarattnError(f"parallel files differ in length: {src_path} has {n_src} lines but {tgt_path} has "
+                               f"{n_tgt} lines")
+
+
+def load_run_data(cfg: TrainConfig, run_dir: Path) -> RunData:
+    """The data of an existing run: its saved segmentation and vocabularies, the corpora read again.
+
+    Nothing is retrained or rewritten. If the training corpus changed since the run started (its
+    vocabulary no longer matches the saved one), VarattnError.
+    """
+    info = load_json(run_dir / RUN_FILE)
+    try:
+        seg = info["segmentation"]
+        src_seg, tgt_seg = Segmenter.from_json(seg["src"], run_dir), Segmenter.from_json(seg["tgt"], run_dir)
+    except (KeyError, TypeError) as exc:
+        raise VarattnError(f"{run_dir / RUN_FILE} is corrupted (segmentation: {exc})") from None
+    if cfg.train is None:
+        splits = synthetic_pairs(cfg)
+        train, valid = splits["train"], splits["valid"]
+    else:
+        train = read_pairs(*resolve_pair(cfg.train, cfg.src_lang, cfg.tgt_lang), src_seg, tgt_seg, cfg.max_len)
+        valid = read_pairs(*resolve_pair(cfg.valid, cfg.src_lang, cfg.tgt_lang), src_seg, tgt_seg, cfg.max_len)
+    vocabs = []
+    for side, sentences in (("src", train.src), ("tgt", train.tgt)):
+        path = run_dir / f"vocab.{side}.txt"
+        saved = Vocab.load(path)
+        if Vocab.build(sentences, cfg.max_vocab).itos != saved.itos:
+            raise VarattnError(f"cannot resume {run_dir}: the training data changed since the run started (its "
+                               f"vocabulary no longer matches {path.name})")
+        vocabs.append(saved)
+    return RunData(src_seg, tgt_seg, vocabs[0], vocabs[1], train, valid.head(cfg.max_valid_sentences))
+
+
+def _fingerprint(*corpora: EncodedPairs) -> str:
+    digest = hashlib.sha256()
+    for corpus in corpora:
+        digest.update(b"corpus")
+        for sentence in (*corpus.src, *corpus.tgt):
+            digest.update(len(sentence).to_bytes(8, "little"))
+            digest.update(array("q", sentence).tobytes())
+    return digest.hexdigest()
+
+
+def _describe(totals: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in totals.items())
+
+
+def _comparable(cfg_dict: dict) -> dict:
+    """A config as JSON would give it back (tuples become lists), defaults filled in."""
+    return json.loads(json.dumps(TrainConfig.from_dict(cfg_dict).to_dict()))
+
+
 class Trainer:
-    """Trains one model in one mode; see the module docstring for the recipe."""
+    """Trains one model in one mode; see the module docstring for the recipe.
+
+    ``resume=True`` continues ``run_dir`` from its ``resume/`` checkpoint. Only the keys in
+    ``RESUMABLE_KEYS`` of ``cfg`` may differ from the run's ``run.json`` (which is then updated).
+    """
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, resume: bool = False, progress: bool | None = None,
                  tensorboard: bool = True):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.progress = progress
+        self.resumed = resume
+        self.state = TrainerState(lr=cfg.lr)
+        if resume:
+            stored_cfg = self._check_resumable()
+            tensors, skeleton = self._read_resume()  # sets self.state
+            if self.finished():
+                st = self.state
+                raise VarattnError(
+                    f"{self.run_dir} has already finished: it stopped after step {st.step} ({st.epoch} complete "
+                    f"epochs) with max_steps={cfg.max_steps} and epochs={cfg.epochs}; to train further, resume "
+                    "with a larger --max-steps or --epochs")
+        else:
+            check_corpora(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         set_seed(cfg.seed)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.data: RunData = prepare_run_data(cfg, self.run_dir)
-        for pairs in (self.data.train, self.data.valid):
-            if pairs.summary:
-                log.info(pairs.summary)
-        if len(self.data.train) == 0:
-            raise VarattnError("no training pairs left after filtering")
-        self.objective = make_objective(cfg.mode, **cfg.objective)
-        self.model_cfg = cfg.model_config(len(self.data.src_vocab), len(self.data.tgt_vocab))
-        self.model = LatentAlignmentNMT(self.model_cfg, with_inference=self.objective.uses_posterior)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-        self.state = TrainerState(lr=cfg.lr)
-        self.train_ids = encode_pairs(self.data.train, self.data.src_vocab, self.data.tgt_vocab)
-        valid_ids = encode_pairs(self.data.valid, self.data.src_vocab, self.data.tgt_vocab)
-        self.valid_batches = valid_ids.batches(cfg.valid_batch_size, shuffle=False)
         if resume:
-            self._load_resume()
+            self._build(load_run_data(cfg, self.run_dir))
+            self._apply_resume(tensors, skeleton)
+            if stored_cfg != _comparable(cfg.to_dict()):  # a new --max-steps or --epochs: later resumes keep it
+                info = load_json(self.run_dir / RUN_FILE)
+                info["config"] = cfg.to_dict()
+                save_json(self.run_dir / RUN_FILE, info)
+            log.info("resuming at step %d (epoch %d, batch %d)", self.state.step, self.state.epoch + 1,
+                     self.state.batch_in_epoch)
         else:
+            if self.run_dir.exists() and not self.run_dir.is_dir():
+                raise VarattnError(f"{self.run_dir} is a file; --out needs a directory")
+            created = not self.run_dir.exists()
+            try:
+                before = set() if created else {p.name for p in self.run_dir.iterdir()}
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise VarattnError(f"cannot create the run directory {self.run_dir}: {exc.strerror or exc}") from None
+            try:
+                self._build(prepare_run_data(cfg, self.run_dir))
+            except BaseException:
+                self._remove_partial_start(created, before)
+                raise
             save_run_files(self.run_dir, cfg, self.model_cfg, self.data.src_seg, self.data.tgt_seg,
                            self.data.src_vocab, self.data.tgt_vocab)
-        self.metrics = MetricsLog(self.run_dir, tensorboard)
+        self.metrics = MetricsLog(self.run_dir, tensorboard, purge_step=self.state.step + 1 if resume else None)
+        self._timer_start, self._timer_tokens = time.perf_counter(), 0
+
+    def _build(self, data: RunData) -> None:
+        cfg = self.cfg
+        self.data = data
+        for pairs in (data.train, data.valid):
+            if pairs.summary:
+                log.info(pairs.summary)
+        if len(data.train) == 0:
+            raise VarattnError("no training pairs left after filtering")
+        if len(data.valid) == 0:
+            raise VarattnError("no validation pairs left after filtering")
+        self.objective = make_objective(cfg.mode, **cfg.objective)
+        self.model_cfg = cfg.model_config(len(data.src_vocab), len(data.tgt_vocab))
+        self.model = LatentAlignmentNMT(self.model_cfg, with_inference=self.objective.uses_posterior)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.train_ids = encode_pairs(data.train, data.src_vocab, data.tgt_vocab)
+        valid_ids = encode_pairs(data.valid, data.src_vocab, data.tgt_vocab)
+        self.valid_batches = valid_ids.batches(cfg.valid_batch_size, shuffle=False)
+        fingerprint = _fingerprint(self.train_ids, valid_ids)
+        if self.state.data_sha256 is None:
+            self.state.data_sha256 = fingerprint
+        elif self.state.data_sha256 != fingerprint:
+            raise VarattnError(f"cannot resume {self.run_dir}: the training or validation data changed since the "
+                               "run started")
+
+    def _remove_partial_start(self, created: bool, before: set[str]) -> None:
+        """A fresh run failed while preparing its data: delete the files it wrote (sentencepiece models)."""
+        for path in self.run_dir.iterdir():
+            if path.name not in before and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+        if created and not any(self.run_dir.iterdir()):
+            self.run_dir.rmdir()
 
     # -- checkpoints -------------------------------------------------------------------------
+    def _check_resumable(self) -> dict:
+        """Fail early, with one clear line, when ``run_dir`` cannot be resumed with ``self.cfg``."""
+        run_dir = self.run_dir
+        if not (run_dir / RUN_FILE).is_file():
+            raise VarattnError(f"nothing to resume in {run_dir} (no {RUN_FILE})")
+        resume_dir = run_dir / RESUME_DIR
+        if not resume_dir.is_dir() and not backup_path(resume_dir).is_dir():
+            raise VarattnError(f"nothing to resume in {run_dir}: it has no {RESUME_DIR}/ checkpoint (training "
+                               "stopped before its first save); delete it and start the run again")
+        info = load_json(run_dir / RUN_FILE)
+        if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+            raise VarattnError(f"{run_dir / RUN_FILE} is corrupted (no config)")
+        stored = _comparable(info["config"])
+        current = _comparable(self.cfg.to_dict())
+        changed = [k for k in current if k not in RESUMABLE_KEYS and stored.get(k) != current[k]]
+        if changed:
+            raise VarattnError(
+                f"cannot resume {run_dir} with a different configuration ("
+                + "; ".join(f"{k}: {stored.get(k)!r} in {RUN_FILE}, {current[k]!r} now" for k in changed)
+                + f"); only {', '.join(RESUMABLE_KEYS)} may change")
+        return stored
+
     def _save_resume(self) -> None:
+        metrics = self.run_dir / METRICS_FILE
+        self.state.metrics_bytes = metrics.stat().st_size if metrics.exists() else 0
         state = {"optimizer": self.optimizer.state_dict(), "rng": rng_state()}
         tensors, skeleton = flatten_state(state)
         model = {f"model/{k}": v.detach() for k, v in self.model.state_dict().items()}
-        counters = {k: v for k, v in self.state.__dict__.items()}
-        save_checkpoint(self.run_dir / "resume", {**model, **tensors}, {"skeleton": skeleton, "state": counters})
+        counters = dict(self.state.__dict__)
+        save_checkpoint(self.run_dir / RESUME_DIR, {**model, **tensors}, {"skeleton": skeleton, "state": counters})
 
-    def _load_resume(self) -> None:
-        tensors, meta = load_checkpoint(self.run_dir / "resume")
+    def _read_resume(self) -> tuple[dict, dict]:
+        """Read ``resume/``: set ``self.state``, return the tensors and the skeleton of the rest."""
+        where = self.run_dir / RESUME_DIR
+        tensors, meta = load_checkpoint(where)
+        try:
+            skeleton, counters = meta["skeleton"], meta["state"]
+            known = {k: v for k, v in counters.items() if k in TrainerState.__dataclass_fields__}
+            self.state = TrainerState(**known)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise VarattnError(f"checkpoint {where} is corrupted (bad trainer state: {exc})") from None
+        return tensors, skeleton
+
+    def _apply_resume(self, tensors: dict, skeleton: dict) -> None:
+        """Model, Adam, learning rate and RNG states from ``resume/``; metrics.jsonl cut back to that save."""
+        where = self.run_dir / RESUME_DIR
         model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
-        self.model.load_state_dict(model)
+        try:
+            self.model.load_state_dict(model)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VarattnError(f"checkpoint {where} does not fit the model of {self.run_dir / RUN_FILE} "
+                               f"({first})") from None
         rest = {k: v for k, v in tensors.items() if not k.startswith("model/")}
-        state = unflatten_state(rest, meta["skeleton"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.state = TrainerState(**meta["state"])
+        state = unflatten_state(rest, skeleton)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise VarattnError(f"checkpoint {where} is corrupted (optimizer or RNG state: {exc})") from None
         for group in self.optimizer.param_groups:
             group["lr"] = self.state.lr
-        set_rng_state(state["rng"])
-        log.info("resuming at step %d (epoch %d, batch %d)", self.state.step, self.state.epoch + 1,
-                 self.state.batch_in_epoch)
+        self._cut_metrics()
+
+    def _cut_metrics(self) -> None:
+        """Drop the metric records a crashed run wrote after the state being resumed was saved."""
+        path, keep = self.run_dir / METRICS_FILE, self.state.metrics_bytes
+        if keep is None or not path.exists():
+            return
+        size = path.stat().st_size
+        if size > keep:
+            with open(path, "rb") as f:
+                f.seek(keep)
+                dropped = f.read().count(b"\n")
+            os.truncate(path, keep)
+            log.info("%s: dropped %d record(s) written after the last save", METRICS_FILE, dropped)
+        elif size < keep:
+            log.warning("%s is shorter than when %s/ was saved; records may be missing", METRICS_FILE, RESUME_DIR)
+
+    def target_reached(self) -> bool:
+        cfg, st = self.cfg, self.state
+        return st.epoch >= cfg.epochs or (cfg.max_steps is not None and st.step >= cfg.max_steps)
+
+    def finished(self) -> bool:
+        """Target reached and validated there: nothing left to do."""
+        return self.target_reached() and self.state.valid_step == self.state.step
 
     # -- evaluation --------------------------------------------------------------------------
     def validate(self) -> dict:
         # Validation draws from the RNG (sampling modes): keep training's stream untouched.
         saved = rng_state()
+        was_training = self.model.training
         result = evaluate(self.model, self.objective, self.valid_batches)
+        self.model.train(was_training)
         set_rng_state(saved)
         metric = _valid_metric(result)
         st = self.state
@@ -173,34 +400,44 @@ class Trainer:
             st.best_metric = metric
             save_model(self.run_dir / "best", self.model, meta)
         save_model(self.run_dir / "last", self.model, meta)
+        st.valid_step, st.last_valid = st.step, record
         self._save_resume()
         return record
 
     # -- one update --------------------------------------------------------------------------
     def update(self, batch) -> dict | None:
-        """One optimizer step on ``batch``; returns totals, or None when the step was skipped."""
-        self.objective.set_step(self.state.step)
+        """One optimizer step on ``batch``; returns totals, or None when the step was skipped.
+
+        A step whose loss or gradient norm is not finite changes nothing: no optimizer step (Adam's
+        moments and step count stay as they were), gradients dropped. It is counted in
+        ``skipped_steps`` and logged; ``max_bad_steps`` of them in a row stop training.
+        """
+        st = self.state
+        self.objective.set_step(st.step)
         self.optimizer.zero_grad(set_to_none=True)
         terms = self.model.loss(batch, self.objective)
         loss = terms.surrogate / len(batch)
         totals = terms.totals()
-        bad = not torch.isfinite(loss)
+        bad = not bool(torch.isfinite(loss))
         if not bad:
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
-            bad = not torch.isfinite(norm)
+            bad = not bool(torch.isfinite(norm))
+            if bad:
+                totals = {**totals, "grad_norm": float(norm)}
         if bad:
-            self.state.bad_steps += 1
-            self.state.consecutive_bad += 1
-            log.warning("step %d: non-finite loss or gradient, update skipped (%s)", self.state.step + 1,
-                        ", ".join(f"{k}={v:.4g}" for k, v in totals.items()))
-            if self.state.consecutive_bad >= self.cfg.max_bad_steps:
+            self.optimizer.zero_grad(set_to_none=True)
+            st.bad_steps += 1
+            st.consecutive_bad += 1
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d skipped so far; %s)",
+                        st.step + 1, st.bad_steps, _describe(totals))
+            if st.consecutive_bad >= self.cfg.max_bad_steps:
                 raise VarattnError(
-                    f"training stopped at step {self.state.step + 1}: {self.state.consecutive_bad} consecutive "
-                    f"non-finite steps; last loss terms: "
-                    + ", ".join(f"{k}={v:.4g}" for k, v in totals.items()))
+                    f"training stopped at step {st.step + 1}: {st.consecutive_bad} consecutive non-finite steps "
+                    f"(max_bad_steps={self.cfg.max_bad_steps}); last loss terms: {_describe(totals)}; lower the "
+                    f"learning rate or check the data")
             return None
-        self.state.consecutive_bad = 0
+        st.consecutive_bad = 0
         self.optimizer.step()
         return totals
 
@@ -216,61 +453,62 @@ class Trainer:
         bar = tqdm(total=total, initial=min(st.step, total), unit="step", dynamic_ncols=True,
                    disable=(not sys.stderr.isatty()) if self.progress is None else not self.progress,
                    desc=f"train {cfg.mode}")
-        window = {"nll": 0.0, "tokens": 0.0, "kl": 0.0}
-        started, window_tokens = time.perf_counter(), 0
-        last_valid: dict | None = None
+        self._timer_start, self._timer_tokens = time.perf_counter(), 0
         self.model.train()
         deadline = None if cfg.max_minutes is None else time.monotonic() + 60 * cfg.max_minutes
-        while st.epoch < cfg.epochs and (cfg.max_steps is None or st.step < cfg.max_steps):
-            batches = self.epoch_batches(st.epoch)
-            while st.batch_in_epoch < len(batches):
-                if cfg.max_steps is not None and st.step >= cfg.max_steps:
-                    break
-                if deadline is not None and time.monotonic() > deadline:
-                    log.info("time limit of %s minutes reached at step %d", cfg.max_minutes, st.step)
-                    break
-                batch = batches[st.batch_in_epoch]
-                totals = self.update(batch)
-                st.batch_in_epoch += 1
-                st.step += 1
-                bar.update(1)
-                if totals is not None:
-                    for key in window:
-                        window[key] += totals.get(key, 0.0)
-                    window_tokens += int(totals["tokens"])
-                if st.step % 25 == 0 or st.step == total:
-                    elapsed = max(time.perf_counter() - started, 1e-9)
-                    rec = self._train_record(window, window_tokens / elapsed)
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", ppl=f"{rec['ppl']:.2f}",
-                                    tok_s=f"{rec['tokens_per_s']:.0f}")
-                    window = dict.fromkeys(window, 0.0)
-                    started, window_tokens = time.perf_counter(), 0
-                if cfg.eval_every and st.step % cfg.eval_every == 0:
-                    last_valid = self._log_valid(bar)
-                    self.model.train()
-            else:
-                st.epoch += 1
-                st.batch_in_epoch = 0
-                if not cfg.eval_every:
-                    last_valid = self._log_valid(bar)
-                    self.model.train()
-                continue
-            break  # max_steps reached inside the epoch
-        if last_valid is None or last_valid["step"] != st.step:
-            last_valid = self._log_valid(bar)
-        bar.close()
-        self.metrics.close()
-        return last_valid
+        try:
+            while not self.target_reached():
+                batches = self.epoch_batches(st.epoch)
+                while st.batch_in_epoch < len(batches):
+                    if cfg.max_steps is not None and st.step >= cfg.max_steps:
+                        break
+                    if deadline is not None and time.monotonic() > deadline:
+                        log.info("time limit of %s minutes reached at step %d", cfg.max_minutes, st.step)
+                        break
+                    totals = self.update(batches[st.batch_in_epoch])
+                    st.batch_in_epoch += 1
+                    st.step += 1
+                    bar.update(1)
+                    if totals is not None:
+                        for key in st.window:
+                            st.window[key] += totals.get(key, 0.0)
+                        self._timer_tokens += int(totals["tokens"])
+                    if st.step % cfg.log_every == 0 or st.step == total:
+                        rec = self._train_record()
+                        bar.set_postfix(loss=f"{rec['loss']:.3f}", ppl=f"{rec['ppl']:.2f}",
+                                        tok_s=f"{rec['tokens_per_s']:.0f}")
+                    if cfg.eval_every and st.step % cfg.eval_every == 0:
+                        self._log_valid(bar)
+                    elif cfg.save_every and st.step % cfg.save_every == 0:
+                        self._save_resume()
+                else:
+                    st.epoch += 1
+                    st.batch_in_epoch = 0
+                    if not cfg.eval_every:
+                        self._log_valid(bar)
+                    continue
+                break  # max_steps or the time limit reached inside the epoch
+            if st.valid_step != st.step or st.last_valid is None:
+                self._log_valid(bar)
+        finally:
+            bar.close()
+            self.metrics.close()
+        return st.last_valid
 
-    def _train_record(self, window: dict, tokens_per_s: float) -> dict:
+    def _train_record(self) -> dict:
+        """Write the train record of the updates since the last one (the window), and start a new window."""
+        st, window = self.state, self.state.window
         n = max(window["tokens"], 1.0)
+        elapsed = max(time.perf_counter() - self._timer_start, 1e-9)
         rec = {
-            "split": "train", "step": self.state.step, "epoch": self.state.epoch + 1,
+            "split": "train", "step": st.step, "epoch": st.epoch + 1,
             "loss": window["nll"] / n, "ppl": math.exp(min(window["nll"] / n, 700)),
-            "kl": window["kl"] / n, "tokens_per_s": tokens_per_s, "lr": self.state.lr,
-            "skipped_steps": self.state.bad_steps,
+            "kl": window["kl"] / n, "tokens_per_s": self._timer_tokens / elapsed, "lr": st.lr,
+            "skipped_steps": st.bad_steps,
         }
         self.metrics.write(rec)
+        st.window = dict(_EMPTY_WINDOW)
+        self._timer_start, self._timer_tokens = time.perf_counter(), 0
         return rec
 
     def _log_valid(self, bar) -> dict:
