@@ -69,6 +69,8 @@ WEIGHTS_NAME = "weights.safetensors"
 META_NAME = "meta.json"
 
 _CHUNK = 1 << 20
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _PICKLE_REFUSED = (
     "{path} looks like a pickled PyTorch checkpoint (torch.save / pickle); pickled checkpoints are "
     "refused for safety because loading them can run arbitrary code -- save checkpoints with "
@@ -118,6 +120,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)  # mkstemp creates 0600; use the usual mode
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:

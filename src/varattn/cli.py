@@ -41,11 +41,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / RUN_FILE).is_file():
             raise VarattnError(f"nothing to resume in {run_dir} (no {RUN_FILE})")
+        fixed = {"--mode": args.mode, "--train": args.train, "--valid": args.valid, "--out": args.out,
+                 "--seed": args.seed, "--batch-size": args.batch_size, "--batch-tokens": args.batch_tokens,
+                 "--lr": args.lr, "--eval-every": args.eval_every, "--set": args.set or None}
+        given = [flag for flag, value in fixed.items() if value is not None]
+        if given:
+            raise VarattnError(f"--resume continues the run as configured in {run_dir / RUN_FILE}; "
+                               f"drop {', '.join(given)} (only --max-steps, --epochs, --max-minutes, --threads change)")
         cfg = TrainConfig.from_dict(load_json(run_dir / RUN_FILE)["config"])
-        if args.max_steps is not None:
-            cfg.max_steps = args.max_steps
-        if args.epochs is not None:
-            cfg.epochs = args.epochs
+        for key in ("max_steps", "epochs", "max_minutes", "threads"):
+            if getattr(args, key) is not None:
+                setattr(cfg, key, getattr(args, key))
     else:
         overrides = {
             "mode": args.mode, "train": args.train, "valid": args.valid, "src_lang": args.src_lang,

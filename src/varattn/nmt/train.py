@@ -72,7 +72,6 @@ class TrainerState:
     best_metric: float = math.inf
     bad_steps: int = 0
     consecutive_bad: int = 0
-    history: list = field(default_factory=list)
     #: step of the latest validation (-1: none yet); a run whose target is reached and validated is finished
     valid_step: int = -1
     #: sums over the updates since the last train record (nll, tokens, kl)
