@@ -102,6 +102,66 @@ class TrainedModel:
             out.extend(sentence_scores(self.model, self.objective, batch))
         return out
 
+    def align(self, src_lines: list[str], tgt_lines: list[str], method: str = "exact",
+              threshold: float | None = None, batch_size: int = 32) -> list[dict]:
+        """Word alignments of sentence pairs: see ``varattn.nmt.posterior.word_alignments``.
+
+        ``method`` is ``prior``, ``posterior`` (models with an inference network) or ``exact``;
+        ``threshold=None`` links each target piece to its argmax source piece, otherwise every
+        cell above ``threshold``. Per pair: ``matrix`` (target pieces x source pieces), word
+        ``links`` as 0-based ``(src, tgt)``, ``src_words``, ``tgt_words`` (and the pieces).
+        """
+        from varattn.nmt.posterior import word_alignments
+
+        return word_alignments(self, src_lines, tgt_lines, method, threshold, batch_size)
+
+    def translate(self, src_lines: list[str], beam: int = 5, topk: int | None = None, alpha: float = 1.0,
+                  eos_norm: float = 0.0, max_len_a: float = 2.0, max_len_b: float = 10, batch_size: int = 32,
+                  max_src_len: int = 250, line_offset: int = 0) -> list:
+        """Translate ``src_lines``: one ``varattn.nmt.search.Translation`` per line, in order.
+
+        ``beam=1`` is greedy search; ``topk`` is K-max; ``alpha`` the Wu length-penalty exponent;
+        ``eos_norm`` the authors' EOS normalisation (0 = off); at most
+        ``int(max_len_a * src_len + max_len_b)`` output tokens. Lines are decoded in batches of
+        ``batch_size`` sorted by length. An empty line gives an empty translation without running
+        the model; a line of more than ``max_src_len`` pieces is cut to that many, with a warning
+        on stderr that names its 1-based number (``line_offset`` + its index + 1).
+        """
+        import logging
+
+        from varattn.nmt.search import Translation, check_options, decode
+
+        predictive = self.objective.predictive
+        check_options(beam, topk, alpha, eos_norm, max_len_a, max_len_b, predictive)
+        if batch_size < 1:
+            raise VarattnError(f"the batch size must be at least 1, got {batch_size}")
+        if max_src_len < 1:
+            raise VarattnError(f"max_src_len must be at least 1, got {max_src_len}")
+        pieces, cut = [], []
+        for k, line in enumerate(src_lines):
+            toks = self.src_seg.tokenize(line)
+            cut.append(len(toks) > max_src_len)
+            if cut[-1]:
+                logging.getLogger("varattn").warning(
+                    "input line %d has %d source tokens; translating only the first %d",
+                    line_offset + k + 1, len(toks), max_src_len)
+                toks = toks[:max_src_len]
+            pieces.append(toks)
+        out: list = [None] * len(src_lines)
+        todo = sorted((k for k, p in enumerate(pieces) if p), key=lambda k: -len(pieces[k]))
+        for k, p in enumerate(pieces):
+            if not p:
+                out[k] = Translation("", [], 0.0, 0.0, torch.zeros(0, 0), [], cut[k])
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            hyps = decode(self.model, [self.src_vocab.encode(pieces[k]) for k in chunk], predictive, beam, topk,
+                          alpha, eos_norm, max_len_a, max_len_b)
+            for k, hyp in zip(chunk, hyps):
+                tokens = [self.tgt_vocab.itos[i] for i in hyp.tokens]
+                out[k] = Translation(self.tgt_seg.detokenize(tokens, keep_bpe=False), tokens, hyp.score,
+                                     hyp.log_prob, hyp.alignment, pieces[k], cut[k])
+        return out
+
 
 def load_run(run_dir: str | Path, which: str = "best") -> TrainedModel:
     """Load ``RUN_DIR/{best,last}`` with its config, vocabularies and segmenters."""

@@ -1,0 +1,402 @@
+"""Greedy and beam search over a ``LatentAlignmentNMT`` (notes A "Predictive inference", B "Decoding").
+
+What a hypothesis is scored with
+--------------------------------
+Every step asks the model for ``log p(y_t = w | x, y_<t)`` over the whole vocabulary
+(``model.next_token_log_probs``) under the objective's *predictive rule*:
+
+* ``marginal`` (every categorical latent mode: marginal, hard-*, var-*, rws): the exact
+  mixture ``log sum_i p(z_t = i) f(x, i)_w``, which costs one output layer per source
+  position (O(S) per token), like the authors' ``translate.py``.
+* ``soft`` (soft attention): the output at the expected context ``sum_i p_i x_i``.
+* ``prior-mean`` (var-relaxed): the output at the mean of the prior Dirichlet, i.e. at the
+  soft context computed with the prior's normalised weights. The paper samples at test time;
+  a deterministic decoder is reproducible and needs one output layer per token, so we use the
+  mean (the prior weights are ``softmax(scores)``, which equals the Dirichlet mean under the
+  ``exp`` transform whenever the scores lie inside its clamp range).
+
+``topk=K`` is the paper's K-max: the model keeps the K best prior scores before normalising,
+which changes both the mixture above and the soft context fed to the next step. For the
+marginal rule only the kept positions go through the output layer here (the others have
+weight exactly zero), so K-max decoding is also faster.
+
+The beam
+--------
+* Beam scores are sums of per-token log-probabilities. ``<pad>`` and ``<s>`` are never emitted.
+* ``eos_norm`` (the authors' ``-eos_norm``, 0 = off; they decoded with 3): at every step
+  ``log p(</s>) -= eos_norm * src_len / (cur_len + 1)``, where ``cur_len`` counts the ``<s>``
+  and the tokens produced so far, discouraging early ends of short outputs.
+* A hypothesis ending in ``</s>`` is finished; its final score is divided by the length
+  penalty of Wu et al. (2016) ``((5 + |Y|) / 6) ** alpha`` with ``|Y|`` the number of output
+  tokens including ``</s>`` (``alpha = 0``: no penalty).
+* Each step takes the ``2 * beam`` best extensions of the live hypotheses of a sentence: an
+  ``</s>`` extension ranked among the first ``beam`` becomes a finished hypothesis, the first
+  ``beam`` other extensions form the next beam.
+* At most ``max_len = int(max_len_a * src_len + max_len_b)`` tokens (before ``</s>``) are
+  produced; at that length only ``</s>`` is allowed.
+* A sentence stops when it has ``beam`` finished hypotheses, or when no live hypothesis can
+  still beat its best finished one (live scores only decrease, so the bound is
+  ``best_live / lp(max_len + 1)``; with ``alpha = 0`` this makes the search exact whenever the
+  beam holds every candidate), or at ``max_len``. Stopped sentences leave the batch.
+
+Each produced token records the prior alignment distribution of its step (after K-max), a
+row of ``Hypothesis.alignment``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from varattn.errors import VarattnError
+from varattn.nmt.model import Encoded, LatentAlignmentNMT
+
+PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
+NEG_INF = float("-inf")
+#: elements of one (rows, positions, V) block of the marginal mixture (4 MB of float32)
+MIX_CHUNK_ELEMENTS = 1 << 20
+
+#: default maximum output length ``int(a * src_len + b)`` (tokens before ``</s>``)
+DEFAULT_MAX_LEN_A = 2.0
+DEFAULT_MAX_LEN_B = 10
+#: default length-penalty exponent (the authors decoded with ``-length_penalty wu -alpha 1``)
+DEFAULT_ALPHA = 1.0
+
+
+@dataclass
+class Hypothesis:
+    """One finished output.
+
+    Attributes:
+        tokens: target ids, without ``<s>`` and ``</s>``.
+        score: the search score: summed log-probabilities (with the ``eos_norm`` adjustment)
+            divided by the length penalty.
+        log_prob: ``log p(y </s> | x)`` under the predictive rule, with no adjustment.
+        alignment: ``(len(tokens), src_len)`` prior alignment distribution at each produced token.
+    """
+
+    tokens: list[int]
+    score: float
+    log_prob: float
+    alignment: Tensor = field(repr=False)
+
+
+@dataclass
+class Translation:
+    """One translated input line (what ``TrainedModel.translate`` returns per line).
+
+    Attributes:
+        text: the output with subword marks joined (sentencepiece decoded).
+        tokens: the output's target pieces (no ``</s>``).
+        score: the search score (see ``Hypothesis``); 0.0 for an empty input.
+        log_prob: ``log p(output </s> | input)``; 0.0 for an empty input.
+        alignment: ``(len(tokens), len(src_tokens))`` prior alignment probabilities.
+        src_tokens: the source pieces the model read (after truncation).
+        truncated: whether the source was cut to ``max_src_len`` pieces.
+    """
+
+    text: str
+    tokens: list[str]
+    score: float
+    log_prob: float
+    alignment: Tensor = field(repr=False)
+    src_tokens: list[str] = field(default_factory=list)
+    truncated: bool = False
+
+    def __getitem__(self, key: str):
+        """Dict-style access: ``translation["text"]``."""
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """Wu et al. (2016): ``((5 + length) / 6) ** alpha``; ``length`` counts ``</s>``."""
+    return ((5.0 + length) / 6.0) ** alpha if alpha else 1.0
+
+
+def max_output_length(src_len: int, max_len_a: float, max_len_b: float) -> int:
+    """Most tokens (``</s>`` not counted) produced for a source of ``src_len`` tokens."""
+    return max(0, int(max_len_a * src_len + max_len_b))
+
+
+def check_options(beam: int = 1, topk: int | None = None, alpha: float = 0.0, eos_norm: float = 0.0,
+                  max_len_a: float = DEFAULT_MAX_LEN_A, max_len_b: float = DEFAULT_MAX_LEN_B,
+                  predictive: str = "marginal") -> None:
+    """Raise ``VarattnError`` for option values a user might get wrong."""
+    if int(beam) != beam or beam < 1:
+        raise VarattnError(f"the beam size must be a positive integer, got {beam}")
+    if topk is not None and (int(topk) != topk or topk < 1):
+        raise VarattnError(f"--topk must be a positive integer, got {topk}")
+    if topk is not None and predictive == "prior-mean":
+        raise VarattnError("--topk (K-max) applies to categorical and soft models, not to the relaxed (Dirichlet) one")
+    for name, value in (("alpha", alpha), ("eos-norm", eos_norm), ("max-len-a", max_len_a)):
+        if not math.isfinite(value) or value < 0:
+            raise VarattnError(f"--{name} must be a finite number >= 0, got {value}")
+    if not math.isfinite(max_len_b):
+        raise VarattnError(f"--max-len-b must be finite, got {max_len_b}")
+    if predictive not in ("marginal", "soft", "prior-mean"):
+        raise VarattnError(f"unknown predictive rule {predictive!r}")
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def next_log_probs(model: LatentAlignmentNMT, query: Tensor, scores: Tensor, enc: Encoded, predictive: str,
+                   context_pre: Tensor | None = None) -> Tensor:
+    """``model.next_token_log_probs``, faster for the marginal rule.
+
+    For ``marginal``, positions whose score is ``-inf`` (padding, or outside the K-max)
+    contribute nothing to ``log sum_i p_i f(x, i)``: only the others go through the output
+    layer. ``context_pre`` is ``model.head.context_part(enc.memory)`` ``(N, S, D)``, computed
+    once per batch by the searches instead of at every step. The result equals
+    ``model.next_token_log_probs`` up to rounding (the tests check it).
+    """
+    if predictive != "marginal":
+        return model.next_token_log_probs(query, scores, enc, predictive)
+    head = model.head
+    log_alpha = torch.log_softmax(scores, -1)  # (N, S)
+    k = int(torch.isfinite(scores).sum(-1).max())
+    if k < scores.shape[-1]:
+        index = scores.topk(k, dim=-1).indices  # (N, k): every finite score is among them
+        log_alpha = log_alpha.gather(1, index)  # -inf where a row has fewer than k
+        if context_pre is None:
+            memory = enc.memory.gather(1, index.unsqueeze(-1).expand(-1, -1, enc.memory.shape[-1]))
+            context = head.context_part(memory)
+        else:
+            context = context_pre.gather(1, index.unsqueeze(-1).expand(-1, -1, context_pre.shape[-1]))
+    else:
+        context = head.context_part(enc.memory) if context_pre is None else context_pre
+    pre = head.query_part(query).unsqueeze(1) + context  # (N, k, D)
+    # a few rows at a time: the (rows, k, V) intermediates then stay in the CPU cache
+    rows = max(1, MIX_CHUNK_ELEMENTS // (pre.shape[1] * model.cfg.tgt_vocab_size))
+    return torch.cat([
+        torch.logsumexp(log_alpha[i : i + rows].unsqueeze(-1) + head.log_probs(pre[i : i + rows]), dim=1)
+        for i in range(0, pre.shape[0], rows)
+    ])  # (N, V)
+
+
+def _context_pre(model: LatentAlignmentNMT, enc: Encoded, predictive: str) -> Tensor | None:
+    return model.head.context_part(enc.memory) if predictive == "marginal" else None
+
+
+def _step_log_probs(model, prev, state, enc, topk, predictive, context_pre):
+    """One decoder step: (log-probs (N, V) with <pad>/<s> banned, prior (N, S), new state)."""
+    query, scores, state = model.step(model.tgt_embed(prev), state, enc, topk)
+    logp = next_log_probs(model, query, scores, enc, predictive, context_pre)
+    logp[:, PAD_ID] = NEG_INF
+    logp[:, BOS_ID] = NEG_INF
+    return logp, torch.softmax(scores, -1), state
+
+
+def _search_scores(logp: Tensor, t: int, src_len: Tensor, max_len: Tensor, eos_norm: float) -> Tensor:
+    """The scores the search ranks by: EOS normalisation, and only ``</s>`` once at ``max_len``."""
+    search = logp
+    if eos_norm:
+        search = logp.clone()
+        search[:, EOS_ID] -= eos_norm * src_len / (t + 2)  # cur_len = t + 1 counts <s>
+    forced = max_len <= t
+    if bool(forced.any()):
+        search = search.clone() if search is logp else search
+        only_eos = torch.full_like(search[0], NEG_INF)
+        only_eos[EOS_ID] = 0.0
+        search[forced] = search[forced] + only_eos
+    return search
+
+
+def _prepare(model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor):
+    if src.dim() != 2 or src_lengths.dim() != 1 or src_lengths.shape[0] != src.shape[0]:
+        raise VarattnError("search expects src (B, S) and src_lengths (B,)")
+    if src.shape[0] == 0:
+        return None
+    if int(src_lengths.min()) < 1:
+        raise VarattnError("every source sentence needs at least one token")
+    device = next(model.parameters()).device
+    return src.to(device), src_lengths.to(device)
+
+
+@torch.no_grad()
+def greedy_search(
+    model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, predictive: str = "marginal",
+    topk: int | None = None, alpha: float = DEFAULT_ALPHA, eos_norm: float = 0.0,
+    max_len_a: float = DEFAULT_MAX_LEN_A, max_len_b: float = DEFAULT_MAX_LEN_B,
+) -> list[Hypothesis]:
+    """The most probable next token at every step, for a batch ``src (B, S)`` (no BOS/EOS)."""
+    check_options(1, topk, alpha, eos_norm, max_len_a, max_len_b, predictive)
+    prepared = _prepare(model, src, src_lengths)
+    if prepared is None:
+        return []
+    src, src_lengths = prepared
+    B, S = src.shape
+    device = src.device
+    lengths = src_lengths.tolist()
+    max_lens = [max_output_length(n, max_len_a, max_len_b) for n in lengths]
+    out: list[Hypothesis | None] = [None] * B
+    with _eval_mode(model):
+        enc = model.encode(src, src_lengths)
+        context_pre = _context_pre(model, enc, predictive)
+        state = model.initial_state(B, device)
+        active = torch.arange(B, device=device)
+        src_len_f = src_lengths.float()
+        max_len_t = torch.tensor(max_lens, device=device)
+        prev = torch.full((B,), BOS_ID, dtype=torch.long, device=device)
+        seqs = torch.empty(B, 0, dtype=torch.long, device=device)
+        attns = torch.empty(B, 0, S, device=device)
+        search_sum = torch.zeros(B, device=device)
+        model_sum = torch.zeros(B, device=device)
+        for t in range(max(max_lens) + 1):
+            logp, attn, state = _step_log_probs(model, prev, state, enc, topk, predictive, context_pre)
+            search = _search_scores(logp, t, src_len_f, max_len_t, eos_norm)
+            best, tok = search.max(dim=-1)
+            search_sum = search_sum + best
+            model_sum = model_sum + logp.gather(1, tok.unsqueeze(1)).squeeze(1)
+            ended = tok == EOS_ID
+            for row in ended.nonzero().flatten().tolist():
+                sent = int(active[row])
+                out[sent] = Hypothesis(seqs[row].tolist(), float(search_sum[row]) / length_penalty(t + 1, alpha),
+                                       float(model_sum[row]), attns[row, :, : lengths[sent]].clone())
+            keep = (~ended).nonzero().flatten()
+            if keep.numel() == 0:
+                break
+            seqs = torch.cat([seqs[keep], tok[keep].unsqueeze(1)], 1)
+            attns = torch.cat([attns[keep], attn[keep].unsqueeze(1)], 1)
+            search_sum, model_sum, prev = search_sum[keep], model_sum[keep], tok[keep]
+            if keep.numel() < active.numel():
+                state, enc = state.select(keep), enc.select(keep)
+                context_pre = None if context_pre is None else context_pre[keep]
+                active, src_len_f, max_len_t = active[keep], src_len_f[keep], max_len_t[keep]
+    return [h if h is not None else Hypothesis([], NEG_INF, NEG_INF, torch.zeros(0, n)) for h, n in zip(out, lengths)]
+
+
+@torch.no_grad()
+def beam_search(
+    model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, predictive: str = "marginal",
+    beam: int = 5, topk: int | None = None, alpha: float = DEFAULT_ALPHA, eos_norm: float = 0.0,
+    max_len_a: float = DEFAULT_MAX_LEN_A, max_len_b: float = DEFAULT_MAX_LEN_B, n_best: int = 1,
+) -> list[list[Hypothesis]]:
+    """Batched beam search (rules in the module docstring) for ``src (B, S)`` (no BOS/EOS).
+
+    Returns, per sentence, its ``n_best`` (<= ``beam``) finished hypotheses, best first.
+    """
+    check_options(beam, topk, alpha, eos_norm, max_len_a, max_len_b, predictive)
+    if not 1 <= n_best <= beam:
+        raise VarattnError(f"n_best must be between 1 and the beam size ({beam}), got {n_best}")
+    prepared = _prepare(model, src, src_lengths)
+    if prepared is None:
+        return []
+    src, src_lengths = prepared
+    B, S = src.shape
+    device = src.device
+    V = model.cfg.tgt_vocab_size
+    lengths = src_lengths.tolist()
+    max_lens = [max_output_length(n, max_len_a, max_len_b) for n in lengths]
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+    with _eval_mode(model):
+        rows = torch.arange(B, device=device).repeat_interleave(beam)  # row -> sentence
+        enc = model.encode(src, src_lengths)
+        context_pre = _context_pre(model, enc, predictive)
+        enc = enc.select(rows)
+        context_pre = None if context_pre is None else context_pre[rows]
+        state = model.initial_state(B * beam, device)
+        active = list(range(B))  # sentence of each block of `beam` rows
+        src_len_f = src_lengths.float()[rows]
+        max_len_t = torch.tensor(max_lens, device=device)[rows]
+        prev = torch.full((B * beam,), BOS_ID, dtype=torch.long, device=device)
+        beam_scores = torch.full((B, beam), NEG_INF, device=device)
+        beam_scores[:, 0] = 0.0  # one live hypothesis (<s>) per sentence at the start
+        beam_scores = beam_scores.flatten()
+        model_sum = torch.zeros(B * beam, device=device)
+        seqs = torch.empty(B * beam, 0, dtype=torch.long, device=device)
+        attns = torch.empty(B * beam, 0, S, device=device)
+        ranks = torch.arange(2 * beam, device=device)
+        for t in range(max(max_lens) + 1):
+            n = len(active)
+            logp, attn, state = _step_log_probs(model, prev, state, enc, topk, predictive, context_pre)
+            search = _search_scores(logp, t, src_len_f, max_len_t, eos_norm)
+            cand = (beam_scores.unsqueeze(1) + search).view(n, beam * V)
+            k2 = min(2 * beam, beam * V)
+            top_scores, top_index = cand.topk(k2, dim=1)  # (n, k2), best first
+            top_tok = top_index % V
+            top_rows = torch.arange(n, device=device).unsqueeze(1) * beam + top_index // V  # integer division
+            is_eos = top_tok == EOS_ID
+            new_done = is_eos & torch.isfinite(top_scores) & (ranks[:k2] < beam)
+            if bool(new_done.any()):
+                lp = length_penalty(t + 1, alpha)
+                for i, c in new_done.nonzero().tolist():
+                    row, sent = int(top_rows[i, c]), active[i]
+                    finished[sent].append(Hypothesis(
+                        seqs[row].tolist(), float(top_scores[i, c]) / lp,
+                        float(model_sum[row] + logp[row, EOS_ID]), attns[row, :, : lengths[sent]].clone()))
+            # the first `beam` non-</s> extensions, in rank order
+            order = (is_eos.long() * k2 + ranks[:k2]).argsort(dim=1)[:, :beam]
+            live_scores = top_scores.gather(1, order)  # (n, beam)
+            live_rows = top_rows.gather(1, order)
+            live_tok = top_tok.gather(1, order)
+            best_live = live_scores[:, 0].tolist()
+            keep = []
+            for i, sent in enumerate(active):
+                done = finished[sent]
+                if t >= max_lens[sent] or not math.isfinite(best_live[i]) or len(done) >= beam:
+                    continue
+                if done and max(h.score for h in done) >= best_live[i] / length_penalty(max_lens[sent] + 1, alpha):
+                    continue
+                keep.append(i)
+            if not keep:
+                break
+            if len(keep) < n:
+                kept = torch.tensor(keep, device=device)
+                live_scores, live_rows, live_tok = live_scores[kept], live_rows[kept], live_tok[kept]
+                block = (kept.unsqueeze(1) * beam + torch.arange(beam, device=device)).flatten()
+                enc, src_len_f, max_len_t = enc.select(block), src_len_f[block], max_len_t[block]
+                context_pre = None if context_pre is None else context_pre[block]
+                active = [active[i] for i in keep]
+            sel = live_rows.flatten()
+            tok = live_tok.flatten()
+            seqs = torch.cat([seqs[sel], tok.unsqueeze(1)], 1)
+            attns = torch.cat([attns[sel], attn[sel].unsqueeze(1)], 1)
+            model_sum = model_sum[sel] + logp[sel, tok]
+            beam_scores = live_scores.flatten()
+            state = state.select(sel)
+            prev = tok
+    results = []
+    for sent, hyps in enumerate(finished):
+        hyps = sorted(hyps, key=lambda h: -h.score)[:n_best]
+        results.append(hyps or [Hypothesis([], NEG_INF, NEG_INF, torch.zeros(0, lengths[sent]))])
+    return results
+
+
+def pad_batch(src_ids: list[list[int]], device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Id lists -> ``(B, S)`` padded with ``<pad>`` and their lengths ``(B,)``."""
+    width = max((len(s) for s in src_ids), default=0)
+    src = torch.full((len(src_ids), width), PAD_ID, dtype=torch.long)
+    for b, ids in enumerate(src_ids):
+        src[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return src.to(device), torch.tensor([len(s) for s in src_ids], dtype=torch.long, device=device)
+
+
+def decode(
+    model: LatentAlignmentNMT, src_ids: list[list[int]], predictive: str = "marginal", beam: int = 5,
+    topk: int | None = None, alpha: float = DEFAULT_ALPHA, eos_norm: float = 0.0,
+    max_len_a: float = DEFAULT_MAX_LEN_A, max_len_b: float = DEFAULT_MAX_LEN_B,
+) -> list[Hypothesis]:
+    """The best hypothesis for each (non-empty) id list: greedy search for ``beam=1``, else beam search."""
+    if not src_ids:
+        return []
+    src, lengths = pad_batch(src_ids, next(model.parameters()).device)
+    if beam == 1:
+        return greedy_search(model, src, lengths, predictive, topk, alpha, eos_norm, max_len_a, max_len_b)
+    nbest = beam_search(model, src, lengths, predictive, beam, topk, alpha, eos_norm, max_len_a, max_len_b)
+    return [h[0] for h in nbest]
