@@ -178,10 +178,16 @@ def test_kmax_with_k_equal_source_length_is_the_full_marginal():
     assert any(abs(f[0].log_prob - o[0].log_prob) > 1e-4 for f, o in zip(full, one))
 
 
-@pytest.mark.parametrize("chunk", [1 << 20, 1, 25])
-def test_pruned_marginal_equals_the_models_rule(chunk, monkeypatch):
-    monkeypatch.setattr("varattn.nmt.search.MIX_CHUNK_ELEMENTS", chunk)  # 1: one row at a time
+@pytest.mark.parametrize(("chunk", "tiny", "scale"), [(1 << 20, 1e-30, 1.0), (1, 1e-30, 1.0), (25, 1.0, 1.0),
+                                                      (1 << 20, 0.0, 1.0), (25, 1e-30, 300.0)])
+def test_fast_marginal_equals_the_models_rule(chunk, tiny, scale, monkeypatch):
+    """Only real positions, chunks of (row, position) pairs (1: one at a time), the probability-space sum and its
+    log-space fallback (tiny=1: every row; scale: logits so extreme that probabilities underflow)."""
+    monkeypatch.setattr("varattn.nmt.search.MIX_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr("varattn.nmt.search.MIX_TINY", tiny)
     model = tiny_model(seed=6, tgt_vocab=10)
+    with torch.no_grad():
+        model.head.generator.weight.mul_(scale)
     src, lengths = pad_batch(SOURCES)
     enc = model.encode(src, lengths)
     state = model.initial_state(len(SOURCES), src.device)
@@ -190,6 +196,7 @@ def test_pruned_marginal_equals_the_models_rule(chunk, monkeypatch):
         for k in (1, 2, 3, None):
             query, scores, _ = model.step(emb, state, enc, k)
             expected = model.next_token_log_probs(query, scores, enc, "marginal")
+            assert torch.isfinite(expected).all() and (expected.min() < -200) == (scale > 1)
             torch.testing.assert_close(next_log_probs(model, query, scores, enc, "marginal"), expected)
             context_pre = model.head.context_part(enc.memory)
             torch.testing.assert_close(next_log_probs(model, query, scores, enc, "marginal", context_pre), expected)

@@ -7,7 +7,9 @@ Every step asks the model for ``log p(y_t = w | x, y_<t)`` over the whole vocabu
 
 * ``marginal`` (every categorical latent mode: marginal, hard-*, var-*, rws): the exact
   mixture ``log sum_i p(z_t = i) f(x, i)_w``, which costs one output layer per source
-  position (O(S) per token), like the authors' ``translate.py``.
+  position (O(S) per token), like the authors' ``translate.py``. ``next_log_probs`` computes
+  it for real positions only (not padding), summed as probabilities, with a log-space
+  fallback where they underflow.
 * ``soft`` (soft attention): the output at the expected context ``sum_i p_i x_i``.
 * ``prior-mean`` (var-relaxed): the output at the mean of the prior Dirichlet, i.e. at the
   soft context computed with the prior's normalised weights. The paper samples at test time;
@@ -34,10 +36,11 @@ The beam
   ``beam`` other extensions form the next beam.
 * At most ``max_len = int(max_len_a * src_len + max_len_b)`` tokens (before ``</s>``) are
   produced; at that length only ``</s>`` is allowed.
-* A sentence stops when it has ``beam`` finished hypotheses, or when no live hypothesis can
-  still beat its best finished one (live scores only decrease, so the bound is
-  ``best_live / lp(max_len + 1)``; with ``alpha = 0`` this makes the search exact whenever the
-  beam holds every candidate), or at ``max_len``. Stopped sentences leave the batch.
+* A sentence stops when it has ``beam`` finished hypotheses (the usual approximation), or
+  when no live hypothesis can still beat its best finished one (live scores only decrease, so
+  the bound ``best_live / lp(max_len + 1)`` is safe for any ``alpha``), or at ``max_len``.
+  With a beam wide enough to hold every candidate the search is therefore exact (the tests
+  compare it with a brute-force search). Stopped sentences leave the batch.
 
 Each produced token records the prior alignment distribution of its step (after K-max), a
 row of ``Hypothesis.alignment``.
@@ -58,8 +61,10 @@ from varattn.nmt.model import Encoded, LatentAlignmentNMT
 
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
 NEG_INF = float("-inf")
-#: elements of one (rows, positions, V) block of the marginal mixture (4 MB of float32)
+#: elements of one (pairs, V) block of the marginal mixture (4 MB of float32)
 MIX_CHUNK_ELEMENTS = 1 << 20
+#: below this probability the marginal mixture is recomputed in log space
+MIX_TINY = 1e-30
 
 #: default maximum output length ``int(a * src_len + b)`` (tokens before ``</s>``)
 DEFAULT_MAX_LEN_A = 2.0
@@ -159,34 +164,39 @@ def next_log_probs(model: LatentAlignmentNMT, query: Tensor, scores: Tensor, enc
                    context_pre: Tensor | None = None) -> Tensor:
     """``model.next_token_log_probs``, faster for the marginal rule.
 
-    For ``marginal``, positions whose score is ``-inf`` (padding, or outside the K-max)
-    contribute nothing to ``log sum_i p_i f(x, i)``: only the others go through the output
-    layer. ``context_pre`` is ``model.head.context_part(enc.memory)`` ``(N, S, D)``, computed
-    once per batch by the searches instead of at every step. The result equals
-    ``model.next_token_log_probs`` up to rounding (the tests check it).
+    For ``marginal``, only the (row, position) pairs with a finite score go through the output
+    layer: padding and positions outside the K-max have zero weight, so a batch costs its real
+    source lengths (or K per row), not rows x the longest source. The mixture is summed as
+    probabilities, a few thousand pairs at a time (the intermediates stay in the CPU cache).
+    Rows where some word's mixture falls below ``MIX_TINY`` (where float32 probabilities lose
+    precision or underflow) are redone in log space. ``context_pre`` is
+    ``model.head.context_part(enc.memory)`` ``(N, S, D)``, which the searches compute once per
+    batch. The result equals ``model.next_token_log_probs`` up to float rounding (tested).
     """
     if predictive != "marginal":
         return model.next_token_log_probs(query, scores, enc, predictive)
     head = model.head
-    log_alpha = torch.log_softmax(scores, -1)  # (N, S)
-    k = int(torch.isfinite(scores).sum(-1).max())
-    if k < scores.shape[-1]:
-        index = scores.topk(k, dim=-1).indices  # (N, k): every finite score is among them
-        log_alpha = log_alpha.gather(1, index)  # -inf where a row has fewer than k
-        if context_pre is None:
-            memory = enc.memory.gather(1, index.unsqueeze(-1).expand(-1, -1, enc.memory.shape[-1]))
-            context = head.context_part(memory)
-        else:
-            context = context_pre.gather(1, index.unsqueeze(-1).expand(-1, -1, context_pre.shape[-1]))
+    rows, cols = torch.isfinite(scores).nonzero(as_tuple=True)  # (M,) each, row-major
+    if context_pre is None:
+        context = head.context_part(enc.memory[rows, cols])  # (M, D)
     else:
-        context = head.context_part(enc.memory) if context_pre is None else context_pre
-    pre = head.query_part(query).unsqueeze(1) + context  # (N, k, D)
-    # a few rows at a time: the (rows, k, V) intermediates then stay in the CPU cache
-    rows = max(1, MIX_CHUNK_ELEMENTS // (pre.shape[1] * model.cfg.tgt_vocab_size))
-    return torch.cat([
-        torch.logsumexp(log_alpha[i : i + rows].unsqueeze(-1) + head.log_probs(pre[i : i + rows]), dim=1)
-        for i in range(0, pre.shape[0], rows)
-    ])  # (N, V)
+        context = context_pre[rows, cols]
+    q_pre = head.query_part(query)  # (N, D)
+    pre = q_pre[rows] + context  # (M, D)
+    weights = torch.softmax(scores, -1)[rows, cols].unsqueeze(1)  # (M, 1)
+    vocab = model.cfg.tgt_vocab_size
+    mix = query.new_zeros(scores.shape[0], vocab)
+    step = max(1, MIX_CHUNK_ELEMENTS // vocab)
+    for i in range(0, rows.shape[0], step):
+        probs = head.log_probs(pre[i : i + step]).exp_().mul_(weights[i : i + step])
+        mix.index_add_(0, rows[i : i + step], probs)
+    out = mix.log()
+    redo = (mix < MIX_TINY).any(-1).nonzero().flatten()
+    if redo.numel():
+        ctx = head.context_part(enc.memory[redo]) if context_pre is None else context_pre[redo]
+        log_f = head.log_probs(q_pre[redo].unsqueeze(1) + ctx)  # (r, S, V)
+        out[redo] = torch.logsumexp(torch.log_softmax(scores[redo], -1).unsqueeze(-1) + log_f, dim=1)
+    return out
 
 
 def _context_pre(model: LatentAlignmentNMT, enc: Encoded, predictive: str) -> Tensor | None:
