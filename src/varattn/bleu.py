@@ -136,7 +136,7 @@ def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
     hyp_tok = _clean(hyps, "hypothesis")
     ref_tok = _clean(refs, "reference")
 
-    tok_metric = BLEU(tokenize="none", lowercase=True)
+    tok_metric = BLEU(tokenize="none", lowercase=True, force=True)  # the text is tokenized on purpose
     tok_score = tok_metric.corpus_score(hyp_tok, [ref_tok])
 
     sacre_metric = BLEU()
