@@ -1,0 +1,439 @@
+"""Training and decoding speed of every mode, side by side and against the machine's limit.
+
+    python benchmarks/speed.py [--configs small,iwslt14] [--modes soft,var-sample,...] [--repeats 3]
+                               [--enum-repeats 2] [--batches 2] [--threads N] [--json] [--markdown PATH]
+
+For each shipped config (``small``, ``iwslt14``) and each mode of ``varattn.latent.mode_names()``,
+one subprocess builds the model with that config's sizes, the vocabularies of the IWSLT'14 *valid*
+split (BPE files, every type) and a fixed sample of length-bucketed batches of 32 real sentence
+pairs, then measures:
+
+* ``tokens_per_s``: target tokens (EOS included) per second of training -- forward, backward,
+  gradient clipping and Adam step, exactly ``Trainer.update`` -- after one warm-up pass over the
+  sample, median over the timed repeats (each repeat is one pass over the sample);
+* ``ratio_to_soft``: that throughput over ``soft``'s at the same config, measured in the same run;
+* ``peak_mem_mb``: the process's peak resident memory during the warm-up and timed steps minus its
+  resident memory just before the first step (the high-water mark is reset through
+  ``/proc/self/clear_refs`` first; elsewhere ``ru_maxrss`` is used). It includes the gradients and
+  Adam's two moment buffers as well as the activations;
+* ``gflop_per_step``: the matrix work of one training step counted from the layer sizes and the
+  batch's real lengths (see ``step_flops``), ``gflop_per_s`` and ``frac_of_mm_peak``: that work per
+  second as a fraction of the machine's measured ``torch.mm`` rate with the same threads;
+* ``flop_bound_ratio``: ``soft``'s matrix work over this mode's, the best ratio to ``soft`` the
+  arithmetic allows when both run at the same rate, and ``frac_of_bound`` = ratio / bound;
+* ``decode_sent_per_s``: beam-5 translation (``varattn.nmt.search.decode`` with the mode's
+  predictive rule and ``varattn translate``'s length penalty) of the sample's middle batch, with
+  the model as left by the timed steps. That model is untrained and would stop its outputs at
+  random lengths, so every output is forced to its source's length (``max_len_a=1``,
+  ``max_len_b=0`` and a prohibitive ``eos_norm``), about what a trained model writes on this data.
+
+``--json`` prints one JSON object (``machine``, then ``results[config][mode]``); a markdown table
+with the machine description is written to ``docs/benchmarks.md`` or ``--markdown PATH``
+(``--markdown -`` skips it). The data directory defaults to ``$VARATTN_DATA`` or
+``../shared/data/iwslt14-de-en-valid-test`` relative to the repository root (``--data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIGS = ("small", "iwslt14")
+#: modes whose loss evaluates the output layer at every source position
+ENUMERATING = ("marginal", "hard-enum", "var-enum")
+
+
+# -- the machine ------------------------------------------------------------------------------
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def matmul_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict:
+    """GFLOP/s of a large fp32 product: ``torch.mm`` (the BLAS PyTorch uses) and, where present, oneDNN."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return 2 * n**3 / min(times) / 1e9
+
+    out = {"torch_mm_gflops": best(lambda: torch.mm(a, b)), "onednn_gflops": None, "size": n}
+    try:  # oneDNN's own fp32 kernel (what nn.LSTM uses on the CPU); a private entry point, so optional
+        am, bm = a.to_mkldnn(), b.to_mkldnn()
+        out["onednn_gflops"] = best(lambda: torch._C._nn.mkldnn_linear(am, bm, None))
+    except Exception:  # noqa: BLE001 - not every build has it
+        pass
+    return out
+
+
+def machine(threads: int) -> dict:
+    import torch
+
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+# -- the arithmetic ---------------------------------------------------------------------------
+def _lstm_per_token(in_dim: int, hidden: int, layers: int, directions: int) -> float:
+    """FLOPs (multiply-adds x 2) of one token through a stacked LSTM, all layers and directions."""
+    total = 0.0
+    for layer in range(layers):
+        width = in_dim if layer == 0 else directions * hidden
+        total += directions * 2 * 4 * hidden * (width + hidden)
+    return total
+
+
+def step_flops(m, batch, mode: str, objective) -> dict:
+    """Matrix FLOPs of one training step of ``mode`` on ``batch`` (forward + backward), by part.
+
+    Counted at real tokens only (padding is overhead, not work): LSTMs at real source/target
+    tokens, attention and output layer at real target tokens and, per token, the real length of
+    its source. The backward pass of a product costs twice its forward (input and weight
+    gradients); passes without gradient (the REINFORCE baseline) count once; the output layer of
+    enumeration counts once more when it is split into several checkpointed chunks (recomputed in
+    the backward pass): ``recompute`` holds that share separately. Element-wise work (gates,
+    tanh, softmax, Adam) is not counted.
+    """
+    src_len = batch.src_lengths.tolist()
+    tgt_len = batch.tgt_mask.sum(1).tolist()
+    ns, nt = sum(src_len), sum(tgt_len)
+    pairs = sum(s * t for s, t in zip(src_len, tgt_len))  # real (target token, source position) pairs
+    mem = 2 * m.encoder_hidden
+    gen = 2 * m.output_hidden * m.tgt_vocab_size  # one row through the generator
+    fwd = {
+        "encoder": ns * _lstm_per_token(m.embed_dim, m.encoder_hidden, m.encoder_layers, 2),
+        # the first decoder layer reads [emb ; feed], the others the layer below
+        "decoder": nt * sum(2 * 4 * m.decoder_hidden * ((m.embed_dim + mem if layer == 0 else m.decoder_hidden)
+                                                        + m.decoder_hidden) for layer in range(m.decoder_layers)),
+        "attention": ns * 2 * mem * m.attention_dim + nt * 2 * m.decoder_hidden * m.attention_dim
+        + pairs * 2 * (m.attention_dim + mem),
+        "output_proj": nt * 2 * m.decoder_hidden * m.output_hidden + ns * 2 * mem * m.output_hidden,
+    }
+    total = {k: 3 * v for k, v in fwd.items()}
+    samples = getattr(objective, "num_samples", 1)
+    recompute = 0.0
+    if mode in ENUMERATING:
+        total["output"] = 3 * pairs * gen
+        if pairs > m.enum_chunk_rows:  # more than one chunk: each is recomputed in the backward pass
+            recompute = pairs * gen
+    elif mode in ("hard-sample", "var-sample"):
+        total["output"] = 3 * samples * (nt * gen + pairs * 2 * m.output_hidden) + nt * gen  # + baseline
+    elif mode == "rws":
+        total["output"] = 3 * samples * (nt * gen + pairs * 2 * m.output_hidden)
+    else:  # soft, var-relaxed, var-gumbel: weights @ memory, then the generator
+        total["output"] = 3 * samples * (nt * gen + pairs * 2 * m.output_hidden)
+    if objective.uses_posterior:
+        hi = 2 * m.inference_hidden
+        total["inference"] = 3 * (
+            (ns + nt) * _lstm_per_token(m.embed_dim, m.inference_hidden, m.inference_layers, 2)
+            + nt * 2 * hi * hi + pairs * 2 * hi)
+    out = {k: v / 1e9 for k, v in total.items()}
+    out["recompute"] = recompute / 1e9
+    out["total"] = sum(total.values()) / 1e9 + out["recompute"]
+    out["total_no_recompute"] = sum(total.values()) / 1e9
+    return out
+
+
+# -- data ------------------------------------------------------------------------------------
+def data_dir(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    if os.environ.get("VARATTN_DATA"):
+        return Path(os.environ["VARATTN_DATA"])
+    return REPO.parent / "shared" / "data" / "iwslt14-de-en-valid-test"
+
+
+def load_sample(data: Path, max_len: int | None, batch_size: int, n_batches: int):
+    """Vocabularies of the valid split and ``n_batches`` length-bucketed batches at evenly spaced quantiles."""
+    from varattn.data.corpus import read_parallel
+    from varattn.nmt.batching import bucket_batches, collate
+    from varattn.nmt.vocab import Vocab
+
+    corpus = read_parallel(data / "valid.de.bpe", data / "valid.en.bpe", max_len=max_len)
+    src_vocab, tgt_vocab = Vocab.build(corpus.src), Vocab.build(corpus.tgt)
+    src = [src_vocab.encode(s) for s in corpus.src]
+    tgt = [tgt_vocab.encode(t) for t in corpus.tgt]
+    groups = [g for g in bucket_batches(src, tgt, batch_size, shuffle=False) if len(g) == batch_size]
+    picks = [groups[int((k + 0.5) / n_batches * len(groups))] for k in range(n_batches)]
+    batches = [collate([src[i] for i in g], [tgt[i] for i in g], tgt_vocab, g) for g in picks]
+    middle = picks[n_batches // 2]
+    return src_vocab, tgt_vocab, batches, [src[i] for i in middle]
+
+
+# -- one (config, mode), in its own process ------------------------------------------------------
+def _rss_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure(config: str, mode: str, args) -> dict:
+    import torch
+
+    from varattn.latent import make_objective
+    from varattn.nmt.config import load_config
+    from varattn.nmt.model import LatentAlignmentNMT
+    from varattn.nmt.train import Trainer, TrainerState
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(config, {"mode": mode}, args.set)
+    src_vocab, tgt_vocab, batches, decode_src = load_sample(data_dir(args.data), cfg.max_len, args.batch_size,
+                                                            args.batches)
+    torch.manual_seed(cfg.seed)
+    objective = make_objective(mode, **cfg.objective)
+    model_cfg = cfg.model_config(len(src_vocab), len(tgt_vocab))
+    model = LatentAlignmentNMT(model_cfg, with_inference=objective.uses_posterior)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+                                 **({"fused": True} if args.fused_adam else {}))
+    # Trainer.update itself, on a stand-in that holds just what it reads
+    trainer = types.SimpleNamespace(cfg=cfg, state=TrainerState(lr=cfg.lr), objective=objective, model=model,
+                                    optimizer=optimizer)
+    model.train()
+    tokens = sum(b.num_tokens for b in batches)
+    repeats = args.enum_repeats if (config != "small" and mode in ENUMERATING) else args.repeats
+
+    rss_before = _rss_mb("VmRSS")
+    peak_reset = _reset_peak()
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    skipped = 0
+    for batch in batches:  # warm-up: allocates Adam's state, warms the allocator and kernels
+        skipped += Trainer.update(trainer, batch) is None
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for batch in batches:
+            skipped += Trainer.update(trainer, batch) is None
+        times.append(time.perf_counter() - start)
+    if peak_reset:
+        peak = _rss_mb("VmHWM") - rss_before
+    else:  # ru_maxrss is the high-water mark of the process's whole life
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - max(rss_before, maxrss_before)
+    step_s = statistics.median(times)
+
+    flops = [step_flops(model_cfg, b, mode, objective) for b in batches]
+    soft_flops = [step_flops(model_cfg, b, "soft", make_objective("soft")) for b in batches]
+    gflop = sum(f["total"] for f in flops)
+    parts = {k: round(sum(f[k] for f in flops) / len(flops), 2) for k in flops[0]}
+    result = {
+        "config": config,
+        "mode": mode,
+        "tokens_per_s": tokens / step_s,
+        "sample_tokens": tokens,
+        "sample_batches": [list(b.src.shape) + [b.tgt_mask.shape[1]] for b in batches],
+        "seconds_per_step": step_s / len(batches),
+        "repeat_seconds": times,
+        "peak_mem_mb": peak,
+        "rss_before_mb": rss_before,
+        "peak_method": "VmHWM after clear_refs" if peak_reset else "ru_maxrss",
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "gflop_per_step": gflop / len(batches),
+        "gflop_parts_per_step": parts,
+        "gflop_per_s": gflop / step_s,
+        "flop_bound_ratio": sum(f["total_no_recompute"] for f in soft_flops)
+        / sum(f["total_no_recompute"] for f in flops),
+        "skipped_steps": skipped,
+        "threads": torch.get_num_threads(),
+        "enum_chunk_rows": model_cfg.enum_chunk_rows,
+    }
+    if args.decode_sentences > 0:
+        result.update(decode_speed(model, objective, decode_src[: args.decode_sentences]))
+    return result
+
+
+def decode_speed(model, objective, src_ids: list[list[int]]) -> dict:
+    try:
+        from varattn.nmt.search import decode
+    except ImportError as exc:  # pragma: no cover - the search module ships with the package now
+        return {"decode_sent_per_s": None, "decode_note": f"no search module: {exc}"}
+    start = time.perf_counter()
+    # an untrained model ends its outputs at random lengths: force each to its source's length
+    # (about what a trained model produces on this data), so that modes are timed on the same work
+    hyps = decode(model, src_ids, objective.predictive, beam=5, eos_norm=1e6, max_len_a=1.0, max_len_b=0)
+    seconds = time.perf_counter() - start
+    out_tokens = sum(len(h.tokens) + 1 for h in hyps)
+    return {
+        "decode_sent_per_s": len(src_ids) / seconds,
+        "decode_sentences": len(src_ids),
+        "decode_out_tokens_per_sent": out_tokens / len(src_ids),
+        "decode_src_tokens_per_sent": sum(len(s) for s in src_ids) / len(src_ids),
+        "decode_rule": objective.predictive,
+    }
+
+
+def run_one(config: str, mode: str, args) -> dict:
+    """``measure`` in a fresh interpreter, so that peak memory and allocator state are its own."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", config, mode, "--threads", str(args.threads),
+           "--repeats", str(args.repeats), "--enum-repeats", str(args.enum_repeats), "--batches", str(args.batches),
+           "--batch-size", str(args.batch_size), "--decode-sentences", str(args.decode_sentences)]
+    if args.fused_adam:
+        cmd.append("--fused-adam")
+    if args.data:
+        cmd += ["--data", args.data]
+    for s in args.set:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"config": config, "mode": mode, "error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# -- report ----------------------------------------------------------------------------------
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(report: dict) -> str:
+    mach, peak = report["machine"], report["matmul_peak"]
+    lines = [
+        f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['threads']} threads, torch {mach['torch']}, "
+        f"Python {mach['python']}, {mach['date']} (1-min load average at start {_fmt(mach['load_average'], 2)}).",
+        f"Matrix-multiply peak (fp32, {peak['size']}x{peak['size']}, {mach['threads']} threads): torch.mm "
+        f"{peak['torch_mm_gflops']:.0f} GFLOP/s; oneDNN {_fmt(peak['onednn_gflops'], 0)} GFLOP/s.",
+        "",
+    ]
+    for config, modes in report["results"].items():
+        first = next((r for r in modes.values() if "error" not in r), None)
+        if first:
+            shapes = ", ".join(f"{b}x{s} src, {t} tgt" for b, s, t in first["sample_batches"])
+            lines.append(f"**{config}** (batches: {shapes}; {first['sample_tokens']} target tokens per pass)")
+        lines += [
+            "",
+            "| mode | tokens/s | ratio to soft | FLOP bound | of bound | peak MB | GFLOP/step | GFLOP/s "
+            "| of mm peak | of oneDNN peak | decode sent/s (beam 5) | out tokens/sent |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for mode, r in modes.items():
+            if "error" in r:
+                lines.append(f"| {mode} | error: {' '.join(r['error'])} |" + " |" * 10)
+                continue
+            lines.append(
+                f"| {mode} | {r['tokens_per_s']:.0f} | {_fmt(r.get('ratio_to_soft'), 2)} "
+                f"| {r['flop_bound_ratio']:.2f} | {_fmt(r.get('frac_of_bound'), 2)} | {r['peak_mem_mb']:.0f} "
+                f"| {r['gflop_per_step']:.1f} | {r['gflop_per_s']:.0f} | {_fmt(r['frac_of_mm_peak'], 2)} "
+                f"| {_fmt(r.get('frac_of_onednn_peak'), 2)} "
+                f"| {_fmt(r.get('decode_sent_per_s'), 2)} | {_fmt(r.get('decode_out_tokens_per_sent'), 1)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, table: str, name: str = "speed.py") -> None:
+    """Put ``table`` between the ``name`` table markers of ``path`` (or append it to the file)."""
+    begin, end = f"<!-- {name} table begin -->", f"<!-- {name} table end -->"
+    block = f"{begin}\n{table.rstrip()}\n{end}\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) + 1 :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated shipped configs")
+    parser.add_argument("--modes", default=None, help="comma-separated modes (default: all)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes over the sample")
+    parser.add_argument("--enum-repeats", type=int, default=2,
+                        help="timed passes for the enumerating modes beyond the small config")
+    parser.add_argument("--batches", type=int, default=2, help="batches in the fixed sample")
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences per batch")
+    parser.add_argument("--decode-sentences", type=int, default=32, help="sentences to decode at beam 5 (0: skip)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run, e.g. model.enum_chunk_rows=4096")
+    parser.add_argument("--data", default=None, help="directory with valid.de.bpe / valid.en.bpe")
+    parser.add_argument("--fused-adam", action="store_true",
+                        help="Adam(fused=True) instead of the trainer's Adam (to measure what it would gain)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument("--markdown", default=str(REPO / "docs" / "benchmarks.md"),
+                        help="file to write the table into ('-': none)")
+    parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.threads = args.threads or os.cpu_count() or 1
+    if args.worker:
+        print(json.dumps(measure(*args.worker, args)))
+        return
+
+    from varattn.latent import mode_names
+
+    data = data_dir(args.data)
+    if not (data / "valid.de.bpe").is_file():
+        parser.error(f"no valid.de.bpe in {data}: give --data or set VARATTN_DATA")
+    modes = args.modes.split(",") if args.modes else mode_names()
+    report = {"machine": machine(args.threads), "matmul_peak": matmul_peak(args.threads), "results": {}}
+    for config in args.configs.split(","):
+        results = {}
+        for mode in modes:
+            r = run_one(config, mode, args)
+            results[mode] = r
+            if not args.json:
+                print(f"{config} {mode}: " + (f"{r['tokens_per_s']:.0f} tok/s, peak {r['peak_mem_mb']:.0f} MB"
+                                               if "error" not in r else f"error {r['error']}"), file=sys.stderr)
+        soft = results.get("soft", {}).get("tokens_per_s")
+        for r in results.values():
+            if "error" in r:
+                continue
+            r["ratio_to_soft"] = r["tokens_per_s"] / soft if soft else None
+            r["frac_of_bound"] = r["ratio_to_soft"] / r["flop_bound_ratio"] if soft else None
+            r["frac_of_mm_peak"] = r["gflop_per_s"] / report["matmul_peak"]["torch_mm_gflops"]
+            onednn = report["matmul_peak"]["onednn_gflops"]
+            r["frac_of_onednn_peak"] = r["gflop_per_s"] / onednn if onednn else None
+        report["results"][config] = results
+    if args.markdown != "-":
+        write_markdown(Path(args.markdown), markdown(report))
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
