@@ -18,7 +18,8 @@ pairs, then measures:
   Adam's two moment buffers as well as the activations;
 * ``gflop_per_step``: the matrix work of one training step counted from the layer sizes and the
   batch's real lengths (see ``step_flops``), ``gflop_per_s`` and ``frac_of_mm_peak``: that work per
-  second as a fraction of the machine's measured ``torch.mm`` rate with the same threads;
+  second as a fraction of the machine's measured ``torch.mm`` rate with the same threads
+  (``frac_of_onednn_peak``: of oneDNN's rate for the same product, often higher on AMD processors);
 * ``flop_bound_ratio``: ``soft``'s matrix work over this mode's, the best ratio to ``soft`` the
   arithmetic allows when both run at the same rate, and ``frac_of_bound`` = ratio / bound;
 * ``decode_sent_per_s``: beam-5 translation (``varattn.nmt.search.decode`` with the mode's
@@ -27,6 +28,7 @@ pairs, then measures:
   random lengths, so every output is forced to its source's length (``max_len_a=1``,
   ``max_len_b=0`` and a prohibitive ``eos_norm``), about what a trained model writes on this data.
 
+``--fused-adam`` swaps the trainer's Adam for ``Adam(fused=True)`` to show what that would gain.
 ``--json`` prints one JSON object (``machine``, then ``results[config][mode]``); a markdown table
 with the machine description is written to ``docs/benchmarks.md`` or ``--markdown PATH``
 (``--markdown -`` skips it). The data directory defaults to ``$VARATTN_DATA`` or
