@@ -50,6 +50,8 @@ import time
 import types
 from pathlib import Path
 
+from machine import cpu_name  # benchmarks/machine.py, beside this script
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ("small", "iwslt14")
 #: modes whose loss evaluates the output layer at every source position
@@ -57,16 +59,6 @@ ENUMERATING = ("marginal", "hard-enum", "var-enum")
 
 
 # -- the machine ------------------------------------------------------------------------------
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def matmul_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict:
     """GFLOP/s of a large fp32 product: ``torch.mm`` (the BLAS PyTorch uses) and, where present, oneDNN."""
     import torch

@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 import varattn
 from varattn.commands.translate import quiet_bleu
@@ -32,16 +32,6 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "iwslt14-de-en-valid-test"
 #: keeps the default run within minutes on two cores: the exact marginal costs S x V per token
 FAST_SETS = ["max_vocab=2000", "max_len=30", "max_valid_sentences=100"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def train_small(data: Path, run_dir: Path, mode: str, steps: int, sets: list[str]) -> float:
