@@ -28,7 +28,6 @@ pairs, then measures:
   random lengths, so every output is forced to its source's length (``max_len_a=1``,
   ``max_len_b=0`` and a prohibitive ``eos_norm``), about what a trained model writes on this data.
 
-``--fused-adam`` swaps the trainer's Adam for ``Adam(fused=True)`` to show what that would gain.
 ``--json`` prints one JSON object (``machine``, then ``results[config][mode]``); a markdown table
 with the machine description is written to ``docs/benchmarks.md`` or ``--markdown PATH``
 (``--markdown -`` skips it). The data directory defaults to ``$VARATTN_DATA`` or
@@ -210,7 +209,7 @@ def measure(config: str, mode: str, args) -> dict:
     from varattn.latent import make_objective
     from varattn.nmt.config import load_config
     from varattn.nmt.model import LatentAlignmentNMT
-    from varattn.nmt.train import Trainer, TrainerState
+    from varattn.nmt.train import Trainer, TrainerState, make_optimizer
 
     torch.set_num_threads(args.threads)
     cfg = load_config(config, {"mode": mode}, args.set)
@@ -220,8 +219,7 @@ def measure(config: str, mode: str, args) -> dict:
     objective = make_objective(mode, **cfg.objective)
     model_cfg = cfg.model_config(len(src_vocab), len(tgt_vocab))
     model = LatentAlignmentNMT(model_cfg, with_inference=objective.uses_posterior)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-                                 **({"fused": True} if args.fused_adam else {}))
+    optimizer = make_optimizer(model, cfg.lr)
     # Trainer.update itself, on a stand-in that holds just what it reads
     trainer = types.SimpleNamespace(cfg=cfg, state=TrainerState(lr=cfg.lr), objective=objective, model=model,
                                     optimizer=optimizer)
@@ -302,8 +300,6 @@ def run_one(config: str, mode: str, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", config, mode, "--threads", str(args.threads),
            "--repeats", str(args.repeats), "--enum-repeats", str(args.enum_repeats), "--batches", str(args.batches),
            "--batch-size", str(args.batch_size), "--decode-sentences", str(args.decode_sentences)]
-    if args.fused_adam:
-        cmd.append("--fused-adam")
     if args.data:
         cmd += ["--data", args.data]
     for s in args.set:
@@ -384,8 +380,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. model.enum_chunk_rows=4096")
     parser.add_argument("--data", default=None, help="directory with valid.de.bpe / valid.en.bpe")
-    parser.add_argument("--fused-adam", action="store_true",
-                        help="Adam(fused=True) instead of the trainer's Adam (to measure what it would gain)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--markdown", default=str(REPO / "docs" / "benchmarks.md"),
                         help="file to write the table into ('-': none)")
