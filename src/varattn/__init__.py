@@ -10,11 +10,14 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def load(run_dir, checkpoint: str = "best"):
-    """Load a trained run directory; returns a ``varattn.nmt.run.TrainedModel``."""
+def load(run_dir, checkpoint: str = "best", device: str | None = "auto"):
+    """Load a trained run directory onto ``device`` (``auto``: a CUDA GPU if there is one, else the CPU).
+
+    Returns a ``varattn.nmt.run.TrainedModel``.
+    """
     from varattn.nmt.run import load_run
 
-    return load_run(run_dir, checkpoint)
+    return load_run(run_dir, checkpoint, device)
 
 
 __all__ = ["load", "__version__"]

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from varattn.commands.common import add_run_arguments, open_run
 from varattn.errors import VarattnError
 
 log = logging.getLogger("varattn")
@@ -47,9 +48,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         given = [flag for flag, value in fixed.items() if value is not None]
         if given:
             raise VarattnError(f"--resume continues the run as configured in {run_dir / RUN_FILE}; "
-                               f"drop {', '.join(given)} (only --max-steps, --epochs, --max-minutes, --threads change)")
+                               f"drop {', '.join(given)} (only --max-steps, --epochs, --max-minutes, --threads and "
+                               "--device change)")
         cfg = TrainConfig.from_dict(load_json(run_dir / RUN_FILE)["config"])
-        for key in ("max_steps", "epochs", "max_minutes", "threads"):
+        for key in ("max_steps", "epochs", "max_minutes", "threads", "device"):
             if getattr(args, key) is not None:
                 setattr(cfg, key, getattr(args, key))
     else:
@@ -58,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             "tgt_lang": args.tgt_lang, "max_steps": args.max_steps, "epochs": args.epochs, "seed": args.seed,
             "batch_size": args.batch_size, "batch_tokens": args.batch_tokens, "lr": args.lr,
             "eval_every": args.eval_every,
-            "threads": args.threads, "max_minutes": args.max_minutes,
+            "threads": args.threads, "max_minutes": args.max_minutes, "device": args.device,
         }
         cfg = load_config(args.config, overrides, args.set)
         run_dir = Path(args.out or f"runs/{cfg.mode}")
@@ -97,9 +99,8 @@ def _resolve_eval_pairs(args, trained):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from varattn.nmt.batching import collate
     from varattn.nmt.evaluate import evaluate
-    from varattn.nmt.run import load_run
 
-    trained = load_run(args.run_dir, args.checkpoint)
+    trained = open_run(args)
     if args.topk is not None and trained.objective.predictive != "marginal" and trained.mode != "soft":
         raise VarattnError(f"--topk applies to categorical models, not {trained.mode}")
     if args.topk is not None and args.topk < 1:
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--eval-every", type=int, help="validate every N updates (default: every epoch)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--device", help="auto (default: a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set model.embed_dim=256 --set objective.num_samples=2")
     p.add_argument("--no-progress", action="store_true")
@@ -177,10 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="exact perplexity, ELBO and K-max of a trained run")
-    p.add_argument("run_dir")
+    add_run_arguments(p)
     _add_corpus_flags(p)
     p.add_argument("--topk", type=int, help="also report the K-max perplexity")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)

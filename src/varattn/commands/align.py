@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from varattn.commands.common import add_run_arguments, open_run
 from varattn.errors import VarattnError
 
 JSON_DECIMALS = 5
@@ -95,7 +96,6 @@ def _chunks(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[
 def cmd_align(args: argparse.Namespace) -> int:
     from varattn.align import alignment_error_rate, read_gold_file
     from varattn.nmt.posterior import check_methods, check_threshold
-    from varattn.nmt.run import load_run
 
     if args.batch_size < 1:
         raise VarattnError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -104,7 +104,7 @@ def cmd_align(args: argparse.Namespace) -> int:
         raise VarattnError("--gold needs --gold-format talp|pharaoh (talp files are 1-based, pharaoh 0-based)")
     if args.gold_format is not None and args.gold is None:
         raise VarattnError("--gold-format only applies with --gold FILE")
-    trained = load_run(args.run_dir, args.checkpoint)
+    trained = open_run(args)
     check_methods(trained, [args.method])
     src_path, tgt_path = _resolve_files(args, trained)
     src = _input_lines(src_path)
@@ -189,10 +189,9 @@ PANEL_NAMES = {
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from varattn.nmt.posterior import alignment_matrices, has_posterior
-    from varattn.nmt.run import load_run
     from varattn.plot import plot_alignments
 
-    trained = load_run(args.run_dir, args.checkpoint)
+    trained = open_run(args)
     src_tokens = trained.src_seg.tokenize(args.src)
     tgt_tokens = trained.tgt_seg.tokenize(args.tgt)
     if not src_tokens or not tgt_tokens:
@@ -234,7 +233,7 @@ def register(sub) -> None:
         "print {\"aer\", \"precision\", \"recall\"} as JSON: to stderr when the links go to stdout, to stdout "
         "when they go to --output FILE.",
     )
-    p.add_argument("run_dir")
+    add_run_arguments(p)
     p.add_argument("--prefix", help="fairseq-style prefix: reads PREFIX.SRC_LANG and PREFIX.TGT_LANG")
     p.add_argument("--src", help="source file ('-' for stdin)")
     p.add_argument("--tgt", help="target file ('-' for stdin)")
@@ -250,17 +249,15 @@ def register(sub) -> None:
     p.add_argument("--gold-format", choices=["talp", "pharaoh"],
                    help="format of --gold: talp is 1-based, pharaoh 0-based (required with --gold)")
     p.add_argument("--output", "-o", metavar="FILE", help="write the links here instead of stdout")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("plot", help="heatmaps of the prior, posterior and exact posterior for one sentence pair")
-    p.add_argument("run_dir")
+    add_run_arguments(p)
     p.add_argument("--src", required=True, metavar="TEXT", help="source sentence")
     p.add_argument("--tgt", required=True, metavar="TEXT", help="target sentence")
     p.add_argument("--output", "-o", required=True, metavar="FILE.png")
     p.add_argument("--title", help="figure title (default: the mode and run name)")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("plot-metrics", help="training curves from RUN_DIR/metrics.jsonl")

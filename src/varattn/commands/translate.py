@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Iterator
 
+from varattn.commands.common import add_run_arguments, open_run
 from varattn.errors import VarattnError
 
 ALIGN_SEPARATOR = " ||| "
@@ -84,7 +85,6 @@ def quiet_bleu(hyps: list[str], refs: list[str]) -> dict:
 def cmd_translate(args: argparse.Namespace) -> int:
     from varattn.align import format_pharaoh
     from varattn.data.corpus import read_lines
-    from varattn.nmt.run import load_run
     from varattn.nmt.search import check_options
 
     if args.batch_size < 1:
@@ -92,7 +92,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if args.max_src_len < 1:
         raise VarattnError(f"--max-src-len must be at least 1, got {args.max_src_len}")
     refs = read_lines(args.ref) if args.ref else None
-    trained = load_run(args.run_dir, args.checkpoint)
+    trained = open_run(args)
     options = dict(beam=args.beam, topk=args.topk, alpha=args.alpha, eos_norm=args.eos_norm,
                    max_len_a=args.max_len_a, max_len_b=args.max_len_b)
     check_options(**options, predictive=trained.objective.predictive)
@@ -150,10 +150,9 @@ def register(sub) -> None:
     p = sub.add_parser("translate", help="translate lines with beam search (exact marginal or K-max)",
                        description="Translate one sentence per line (stdin or --input) with a trained run; "
                                    "writes exactly one output line per input line, streaming.")
-    p.add_argument("run_dir")
+    add_run_arguments(p)
     p.add_argument("--input", help="source file, one sentence per line (default: stdin)")
     p.add_argument("--output", help="output file (default: stdout)")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--beam", type=int, default=5, help="beam size; 1 = greedy (default 5)")
     p.add_argument("--topk", type=int, help="K-max: keep only the K best alignment positions at each step")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,

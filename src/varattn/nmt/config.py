@@ -60,6 +60,7 @@ class TrainConfig:
     save_every: int | None = 500
     log_every: int = 25  # a train record in metrics.jsonl every this many updates
     threads: int | None = None
+    device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N
     model: dict[str, Any] = field(default_factory=dict)
     objective: dict[str, Any] = field(default_factory=dict)
 

@@ -60,7 +60,9 @@ def evaluate(
     model.eval()
     sums: dict[str, float] = {}
     tokens = sentences = correct = 0
+    device = next(model.parameters()).device
     for batch in batches:
+        batch = batch.to(device)
         problem = model.problem(batch, objective.uses_posterior)
         scores = objective.score(problem)
         mask = batch.tgt_mask

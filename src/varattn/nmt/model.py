@@ -350,7 +350,8 @@ class LatentAlignmentNMT(nn.Module):
 
     # -- the latent layer ----------------------------------------------------------------
     def problem(self, batch: Batch, with_posterior: bool, topk: int | None = None) -> AlignmentProblem:
-        """Run the networks on ``batch`` and wrap their outputs for an objective."""
+        """Run the networks on ``batch`` (moved to the model's device) and wrap their outputs for an objective."""
+        batch = batch.to(self.src_embed.weight.device)
         src_emb = self.dropout(self.src_embed(batch.src))  # (B, S, E)
         enc = self.encode(batch.src, batch.src_lengths, src_emb)
         tgt_emb = self.dropout(self.tgt_embed(batch.tgt))  # (B, T+1, E): <s> y_1 .. y_n </s>

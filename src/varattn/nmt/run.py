@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from varattn.checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
+from varattn.device import resolve_device
 from varattn.errors import VarattnError
 from varattn.latent import Objective, make_objective
 from varattn.nmt.batching import collate
@@ -163,8 +164,13 @@ class TrainedModel:
         return out
 
 
-def load_run(run_dir: str | Path, which: str = "best") -> TrainedModel:
-    """Load ``RUN_DIR/{best,last}`` with its config, vocabularies and segmenters."""
+def load_run(run_dir: str | Path, which: str = "best", device: str | None = "auto") -> TrainedModel:
+    """Load ``RUN_DIR/{best,last}`` with its config, vocabularies and segmenters.
+
+    ``device``: where the model runs (``auto``: a CUDA GPU if there is one, else the CPU; or
+    ``cpu``, ``cuda``, ``cuda:N``). Results come back on the CPU whatever the device.
+    """
+    target = resolve_device(device)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise VarattnError(f"run directory not found: {run_dir}")
@@ -180,7 +186,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> TrainedModel:
     if missing or unexpected:
         raise VarattnError(f"checkpoint {run_dir / which} does not match its run.json "
                            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
-    model.eval()
+    model.to(target).eval()
     seg = info["segmentation"]
     return TrainedModel(
         run_dir, cfg, model, objective,

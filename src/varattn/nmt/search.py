@@ -277,7 +277,7 @@ def greedy_search(
             for row in ended.nonzero().flatten().tolist():
                 sent = int(active[row])
                 out[sent] = Hypothesis(seqs[row].tolist(), float(search_sum[row]) / length_penalty(t + 1, alpha),
-                                       float(model_sum[row]), attns[row, :, : lengths[sent]].clone())
+                                       float(model_sum[row]), attns[row, :, : lengths[sent]].to("cpu", copy=True))
             keep = (~ended).nonzero().flatten()
             if keep.numel() == 0:
                 break
@@ -349,7 +349,7 @@ def beam_search(
                     row, sent = int(top_rows[i, c]), active[i]
                     finished[sent].append(Hypothesis(
                         seqs[row].tolist(), float(top_scores[i, c]) / lp,
-                        float(model_sum[row] + logp[row, EOS_ID]), attns[row, :, : lengths[sent]].clone()))
+                        float(model_sum[row] + logp[row, EOS_ID]), attns[row, :, : lengths[sent]].to("cpu", copy=True)))
             # the first `beam` non-</s> extensions, in rank order
             order = (is_eos.long() * k2 + ranks[:k2]).argsort(dim=1)[:, :beam]
             live_scores = top_scores.gather(1, order)  # (n, beam)

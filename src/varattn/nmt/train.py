@@ -42,6 +42,7 @@ from varattn.checkpoint import (
     unflatten_state,
 )
 from varattn.data.corpus import read_lines, resolve_pair
+from varattn.device import resolve_device
 from varattn.errors import VarattnError
 from varattn.latent import make_objective
 from varattn.nmt.config import TrainConfig
@@ -56,7 +57,7 @@ log = logging.getLogger("varattn")
 
 _EMPTY_WINDOW = {"nll": 0.0, "tokens": 0.0, "kl": 0.0}
 #: config keys --resume may change: they do not alter the numbers of the steps already taken
-RESUMABLE_KEYS = ("max_steps", "epochs", "max_minutes", "save_every", "threads")
+RESUMABLE_KEYS = ("max_steps", "epochs", "max_minutes", "save_every", "threads", "device")
 RESUME_DIR = "resume"
 METRICS_FILE = "metrics.jsonl"
 
@@ -105,13 +106,20 @@ def set_seed(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every random generator training draws from: torch's CPU one, CUDA's when in use, Python's, numpy's."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+    if state.get("cuda") and torch.cuda.is_available():  # a run moved to another machine keeps what fits
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def _valid_metric(result: dict) -> float:
@@ -228,6 +236,7 @@ class Trainer:
         self.progress = progress
         self.resumed = resume
         self.state = TrainerState(lr=cfg.lr)
+        self.device = resolve_device(cfg.device)  # a missing GPU fails here, before anything is written
         if resume:
             stored_cfg = self._check_resumable()
             tensors, skeleton = self._read_resume()  # sets self.state
@@ -282,7 +291,8 @@ class Trainer:
             raise VarattnError("no validation pairs left after filtering")
         self.objective = make_objective(cfg.mode, **cfg.objective)
         self.model_cfg = cfg.model_config(len(data.src_vocab), len(data.tgt_vocab))
-        self.model = LatentAlignmentNMT(self.model_cfg, with_inference=self.objective.uses_posterior)
+        model = LatentAlignmentNMT(self.model_cfg, with_inference=self.objective.uses_posterior)
+        self.model = model.to(self.device)  # before the optimizer, whose state follows the parameters
         self.optimizer = make_optimizer(self.model, cfg.lr)
         self.train_ids = encode_pairs(data.train, data.src_vocab, data.tgt_vocab)
         valid_ids = encode_pairs(data.valid, data.src_vocab, data.tgt_vocab)

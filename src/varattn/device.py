@@ -1,0 +1,36 @@
+"""Choosing the device a model runs on, from a user's string.
+
+``auto`` (the default everywhere) means the first CUDA GPU when this PyTorch build can use
+one, else the CPU. ``cpu``, ``cuda`` and ``cuda:N`` ask for one explicitly; asking for a GPU
+that is not there is a one-line :class:`VarattnError`, not a stack trace from deep inside
+the first tensor copy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from varattn.errors import VarattnError
+
+AUTO = "auto"
+
+
+def resolve_device(spec: str | None = AUTO) -> torch.device:
+    """``auto`` / ``None`` / ``cpu`` / ``cuda`` / ``cuda:N`` -> a usable ``torch.device``."""
+    if spec is None or spec == AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise VarattnError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise VarattnError(f"device {spec!r} is not supported: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise VarattnError(f"device {spec!r} was asked for, but this PyTorch ({torch.__version__}) sees no CUDA GPU; "
+                           "use --device cpu, or install the CUDA build of PyTorch (see the README)")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise VarattnError(f"device {spec!r} was asked for, but only {torch.cuda.device_count()} CUDA GPU(s) are "
+                           "visible")
+    return device
