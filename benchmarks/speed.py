@@ -1,7 +1,8 @@
 """Training and decoding speed of every mode, side by side and against the machine's limit.
 
     python benchmarks/speed.py [--configs small,iwslt14] [--modes soft,var-sample,...] [--repeats 3]
-                               [--enum-repeats 2] [--batches 2] [--threads N] [--json] [--markdown PATH]
+                               [--min-seconds 5] [--enum-repeats 2] [--batches 2] [--threads N] [--json]
+                               [--markdown PATH]
 
 For each shipped config (``small``, ``iwslt14``) and each mode of ``varattn.latent.mode_names()``,
 one subprocess builds the model with that config's sizes, the vocabularies of the IWSLT'14 *valid*
@@ -10,7 +11,9 @@ pairs, then measures:
 
 * ``tokens_per_s``: target tokens (EOS included) per second of training -- forward, backward,
   gradient clipping and Adam step, exactly ``Trainer.update`` -- after one warm-up pass over the
-  sample, median over the timed repeats (each repeat is one pass over the sample);
+  sample, median over the timed repeats (each repeat is one pass over the sample; at least
+  ``--repeats`` of them, more until ``--min-seconds`` are timed, so that short steps are not
+  judged on a handful of samples);
 * ``ratio_to_soft``: that throughput over ``soft``'s at the same config, measured in the same run;
 * ``peak_mem_mb``: the process's peak resident memory during the warm-up and timed steps minus its
   resident memory just before the first step (the high-water mark is reset through
@@ -55,6 +58,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ("small", "iwslt14")
 #: modes whose loss evaluates the output layer at every source position
 ENUMERATING = ("marginal", "hard-enum", "var-enum")
+#: most timed passes per mode, whatever --min-seconds asks
+MAX_REPEATS = 100
 
 
 # -- the machine ------------------------------------------------------------------------------
@@ -233,8 +238,8 @@ def measure(config: str, mode: str, args) -> dict:
     skipped = 0
     for batch in batches:  # warm-up: allocates Adam's state, warms the allocator and kernels
         skipped += Trainer.update(trainer, batch) is None
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < args.min_seconds and len(times) < MAX_REPEATS):
         start = time.perf_counter()
         for batch in batches:
             skipped += Trainer.update(trainer, batch) is None
@@ -298,7 +303,8 @@ def decode_speed(model, objective, src_ids: list[list[int]]) -> dict:
 def run_one(config: str, mode: str, args) -> dict:
     """``measure`` in a fresh interpreter, so that peak memory and allocator state are its own."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", config, mode, "--threads", str(args.threads),
-           "--repeats", str(args.repeats), "--enum-repeats", str(args.enum_repeats), "--batches", str(args.batches),
+           "--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
+           "--enum-repeats", str(args.enum_repeats), "--batches", str(args.batches),
            "--batch-size", str(args.batch_size), "--decode-sentences", str(args.decode_sentences)]
     if args.data:
         cmd += ["--data", args.data]
@@ -371,6 +377,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated shipped configs")
     parser.add_argument("--modes", default=None, help="comma-separated modes (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the sample")
+    parser.add_argument("--min-seconds", type=float, default=5.0,
+                        help="repeat passes beyond --repeats until this much time is timed (short steps are noisy)")
     parser.add_argument("--enum-repeats", type=int, default=2,
                         help="timed passes for the enumerating modes beyond the small config")
     parser.add_argument("--batches", type=int, default=2, help="batches in the fixed sample")
