@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from varattn.commands.common import add_run_arguments, open_run
+from varattn.commands.common import add_run_arguments, chunks, open_run
 from varattn.errors import VarattnError
 
 JSON_DECIMALS = 5
@@ -82,17 +82,6 @@ def _resolve_files(args, trained) -> tuple[str, str]:
     return str(src_path), str(tgt_path)
 
 
-def _chunks(pairs: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
-    chunk: list[tuple[str, str]] = []
-    for pair in pairs:
-        chunk.append(pair)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def cmd_align(args: argparse.Namespace) -> int:
     from varattn.align import alignment_error_rate, read_gold_file
     from varattn.nmt.posterior import check_methods, check_threshold
@@ -152,7 +141,7 @@ def _write_alignments(args, trained, src, tgt, src_name: str, tgt_name: str, kee
             except OSError as exc:
                 raise VarattnError(f"cannot write {args.output}: {exc.strerror or exc}") from None
         done = 0
-        for chunk in _chunks(_paired(src, tgt, src_name, tgt_name), args.batch_size):
+        for chunk in chunks(_paired(src, tgt, src_name, tgt_name), args.batch_size):
             results = trained.align([s for s, _ in chunk], [t for _, t in chunk], method=args.method,
                                     threshold=args.threshold, batch_size=args.batch_size)
             for res in results:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+Item = TypeVar("Item")
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,3 +22,15 @@ def open_run(args: argparse.Namespace):
     from varattn.nmt.run import load_run
 
     return load_run(args.run_dir, args.checkpoint, args.device)
+
+
+def chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    """Consecutive lists of ``size`` items (the last may be shorter), read lazily: streams stay streams."""
+    chunk: list[Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

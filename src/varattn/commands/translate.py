@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from varattn.commands.common import add_run_arguments, open_run
+from varattn.commands.common import add_run_arguments, chunks, open_run
 from varattn.errors import VarattnError
 
 ALIGN_SEPARATOR = " ||| "
@@ -34,17 +34,6 @@ def _open_input(path: str | None) -> tuple[Iterator[str], object | None]:
     except OSError as exc:
         raise VarattnError(f"cannot read {path}: {exc.strerror or exc}") from None
     return iter_lines(handle, str(path)), handle
-
-
-def _chunks(lines: Iterator[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for line in lines:
-        chunk.append(line)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def word_links(translation, src_style: str, tgt_style: str, keep_bpe: bool = False) -> set[tuple[int, int]]:
@@ -106,7 +95,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise VarattnError(f"cannot write {args.output}: {exc.strerror or exc}") from None
         done = 0
-        for chunk in _chunks(lines, args.batch_size):
+        for chunk in chunks(lines, args.batch_size):
             results = trained.translate(chunk, batch_size=args.batch_size, max_src_len=args.max_src_len,
                                         line_offset=done, **options)
             for res in results:

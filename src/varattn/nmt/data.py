@@ -6,10 +6,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from varattn.checkpoint import load_json
 from varattn.data.corpus import read_lines, read_parallel, resolve_pair
 from varattn.data.synthetic import make_splits
+from varattn.errors import VarattnError
 from varattn.nmt.batching import Batch, bucket_batches, collate
 from varattn.nmt.config import TrainConfig
+from varattn.nmt.run import RUN_FILE
 from varattn.nmt.text import Segmenter, choose_segmenters
 from varattn.nmt.vocab import Vocab
 
@@ -102,3 +105,32 @@ def prepare_run_data(cfg: TrainConfig, run_dir: Path) -> RunData:
     src_vocab = Vocab.build(train.src, cfg.max_vocab)
     tgt_vocab = Vocab.build(train.tgt, cfg.max_vocab)
     return RunData(src_seg, tgt_seg, src_vocab, tgt_vocab, train, valid)
+
+
+def load_run_data(cfg: TrainConfig, run_dir: Path) -> RunData:
+    """The data of an existing run: its saved segmentation and vocabularies, the corpora read again.
+
+    Nothing is retrained or rewritten. If the training corpus changed since the run started (its
+    vocabulary no longer matches the saved one), VarattnError.
+    """
+    info = load_json(run_dir / RUN_FILE)
+    try:
+        seg = info["segmentation"]
+        src_seg, tgt_seg = Segmenter.from_json(seg["src"], run_dir), Segmenter.from_json(seg["tgt"], run_dir)
+    except (KeyError, TypeError) as exc:
+        raise VarattnError(f"{run_dir / RUN_FILE} is corrupted (segmentation: {exc})") from None
+    if cfg.train is None:
+        splits = synthetic_pairs(cfg)
+        train, valid = splits["train"], splits["valid"]
+    else:
+        train = read_pairs(*resolve_pair(cfg.train, cfg.src_lang, cfg.tgt_lang), src_seg, tgt_seg, cfg.max_len)
+        valid = read_pairs(*resolve_pair(cfg.valid, cfg.src_lang, cfg.tgt_lang), src_seg, tgt_seg, cfg.max_len)
+    vocabs = []
+    for side, sentences in (("src", train.src), ("tgt", train.tgt)):
+        path = run_dir / f"vocab.{side}.txt"
+        saved = Vocab.load(path)
+        if Vocab.build(sentences, cfg.max_vocab).itos != saved.itos:
+            raise VarattnError(f"cannot resume {run_dir}: the training data changed since the run started (its "
+                               f"vocabulary no longer matches {path.name})")
+        vocabs.append(saved)
+    return RunData(src_seg, tgt_seg, vocabs[0], vocabs[1], train, valid.head(cfg.max_valid_sentences))

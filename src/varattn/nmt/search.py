@@ -227,7 +227,11 @@ def _search_scores(logp: Tensor, t: int, src_len: Tensor, max_len: Tensor, eos_n
     return search
 
 
-def _prepare(model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor):
+def _prepare(model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, max_len_a: float, max_len_b: float):
+    """Checked inputs on the model's device, the source lengths as a list and each output's length limit.
+
+    None for an empty batch.
+    """
     if src.dim() != 2 or src_lengths.dim() != 1 or src_lengths.shape[0] != src.shape[0]:
         raise VarattnError("search expects src (B, S) and src_lengths (B,)")
     if src.shape[0] == 0:
@@ -235,7 +239,9 @@ def _prepare(model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor):
     if int(src_lengths.min()) < 1:
         raise VarattnError("every source sentence needs at least one token")
     device = next(model.parameters()).device
-    return src.to(device), src_lengths.to(device)
+    lengths = src_lengths.tolist()
+    max_lens = [max_output_length(n, max_len_a, max_len_b) for n in lengths]
+    return src.to(device), src_lengths.to(device), lengths, max_lens
 
 
 @torch.no_grad()
@@ -246,14 +252,12 @@ def greedy_search(
 ) -> list[Hypothesis]:
     """The most probable next token at every step, for a batch ``src (B, S)`` (no BOS/EOS)."""
     check_options(1, topk, alpha, eos_norm, max_len_a, max_len_b, predictive)
-    prepared = _prepare(model, src, src_lengths)
+    prepared = _prepare(model, src, src_lengths, max_len_a, max_len_b)
     if prepared is None:
         return []
-    src, src_lengths = prepared
+    src, src_lengths, lengths, max_lens = prepared
     B, S = src.shape
     device = src.device
-    lengths = src_lengths.tolist()
-    max_lens = [max_output_length(n, max_len_a, max_len_b) for n in lengths]
     out: list[Hypothesis | None] = [None] * B
     with _eval_mode(model):
         enc = model.encode(src, src_lengths)
@@ -304,15 +308,13 @@ def beam_search(
     check_options(beam, topk, alpha, eos_norm, max_len_a, max_len_b, predictive)
     if not 1 <= n_best <= beam:
         raise VarattnError(f"n_best must be between 1 and the beam size ({beam}), got {n_best}")
-    prepared = _prepare(model, src, src_lengths)
+    prepared = _prepare(model, src, src_lengths, max_len_a, max_len_b)
     if prepared is None:
         return []
-    src, src_lengths = prepared
+    src, src_lengths, lengths, max_lens = prepared
     B, S = src.shape
     device = src.device
     V = model.cfg.tgt_vocab_size
-    lengths = src_lengths.tolist()
-    max_lens = [max_output_length(n, max_len_a, max_len_b) for n in lengths]
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
     with _eval_mode(model):
         rows = torch.arange(B, device=device).repeat_interleave(beam)  # row -> sentence

@@ -46,12 +46,10 @@ from varattn.device import resolve_device
 from varattn.errors import VarattnError
 from varattn.latent import make_objective
 from varattn.nmt.config import TrainConfig
-from varattn.nmt.data import EncodedPairs, RunData, encode_pairs, prepare_run_data, read_pairs, synthetic_pairs
+from varattn.nmt.data import EncodedPairs, RunData, encode_pairs, load_run_data, prepare_run_data
 from varattn.nmt.evaluate import evaluate
 from varattn.nmt.model import LatentAlignmentNMT
 from varattn.nmt.run import RUN_FILE, save_model, save_run_files
-from varattn.nmt.text import Segmenter
-from varattn.nmt.vocab import Vocab
 
 log = logging.getLogger("varattn")
 
@@ -172,35 +170,6 @@ def check_corpora(cfg: TrainConfig) -> None:
         if n_src != n_tgt:
             raise VarattnError(f"parallel files differ in length: {src_path} has {n_src} lines but {tgt_path} has "
                                f"{n_tgt} lines")
-
-
-def load_run_data(cfg: TrainConfig, run_dir: Path) -> RunData:
-    """The data of an existing run: its saved segmentation and vocabularies, the corpora read again.
-
-    Nothing is retrained or rewritten. If the training corpus changed since the run started (its
-    vocabulary no longer matches the saved one), VarattnError.
-    """
-    info = load_json(run_dir / RUN_FILE)
-    try:
-        seg = info["segmentation"]
-        src_seg, tgt_seg = Segmenter.from_json(seg["src"], run_dir), Segmenter.from_json(seg["tgt"], run_dir)
-    except (KeyError, TypeError) as exc:
-        raise VarattnError(f"{run_dir / RUN_FILE} is corrupted (segmentation: {exc})") from None
-    if cfg.train is None:
-        splits = synthetic_pairs(cfg)
-        train, valid = splits["train"], splits["valid"]
-    else:
-        train = read_pairs(*resolve_pair(cfg.train, cfg.src_lang, cfg.tgt_lang), src_seg, tgt_seg, cfg.max_len)
-        valid = read_pairs(*resolve_pair(cfg.valid, cfg.src_lang, cfg.tgt_lang), src_seg, tgt_seg, cfg.max_len)
-    vocabs = []
-    for side, sentences in (("src", train.src), ("tgt", train.tgt)):
-        path = run_dir / f"vocab.{side}.txt"
-        saved = Vocab.load(path)
-        if Vocab.build(sentences, cfg.max_vocab).itos != saved.itos:
-            raise VarattnError(f"cannot resume {run_dir}: the training data changed since the run started (its "
-                               f"vocabulary no longer matches {path.name})")
-        vocabs.append(saved)
-    return RunData(src_seg, tgt_seg, vocabs[0], vocabs[1], train, valid.head(cfg.max_valid_sentences))
 
 
 def _fingerprint(*corpora: EncodedPairs) -> str:
