@@ -246,6 +246,8 @@ class Trainer:
             save_run_files(self.run_dir, cfg, self.model_cfg, self.data.src_seg, self.data.tgt_seg,
                            self.data.src_vocab, self.data.tgt_vocab)
         self.metrics = MetricsLog(self.run_dir, tensorboard, purge_step=self.state.step + 1 if resume else None)
+        threads = f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else ""
+        log.info("device: %s%s", self.device, threads)
         self._timer_start, self._timer_tokens = time.perf_counter(), 0
 
     def _build(self, data: RunData) -> None:
