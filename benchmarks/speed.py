@@ -63,36 +63,50 @@ MAX_REPEATS = 100
 
 
 # -- the machine ------------------------------------------------------------------------------
-def matmul_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict:
-    """GFLOP/s of a large fp32 product: ``torch.mm`` (the BLAS PyTorch uses) and, where present, oneDNN."""
+def matmul_peak(threads: int, device: str = "cpu", precision: str = "fp32", n: int = 2048,
+                repeats: int = 5) -> dict:
+    """GFLOP/s of a large product on ``device``: fp32 ``torch.mm`` (the BLAS PyTorch uses), on the CPU
+    also oneDNN's fp32 kernel where present, and with ``precision`` bf16 a bfloat16 ``torch.mm``."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
 
     def best(fn) -> float:
         fn()
         times = []
         for _ in range(repeats):
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             times.append(time.perf_counter() - start)
         return 2 * n**3 / min(times) / 1e9
 
-    out = {"torch_mm_gflops": best(lambda: torch.mm(a, b)), "onednn_gflops": None, "size": n}
-    try:  # oneDNN's own fp32 kernel (what nn.LSTM uses on the CPU); a private entry point, so optional
-        am, bm = a.to_mkldnn(), b.to_mkldnn()
-        out["onednn_gflops"] = best(lambda: torch._C._nn.mkldnn_linear(am, bm, None))
-    except Exception:  # noqa: BLE001 - not every build has it
-        pass
+    out = {"torch_mm_gflops": best(lambda: torch.mm(a, b)), "onednn_gflops": None, "bf16_mm_gflops": None,
+           "size": n, "device": str(a.device)}
+    if precision == "bf16":
+        a16, b16 = a.bfloat16(), b.bfloat16()
+        out["bf16_mm_gflops"] = best(lambda: torch.mm(a16, b16))
+    if not a.is_cuda:
+        try:  # oneDNN's own fp32 kernel (what nn.LSTM uses on the CPU); a private entry point, so optional
+            am, bm = a.to_mkldnn(), b.to_mkldnn()
+            out["onednn_gflops"] = best(lambda: torch._C._nn.mkldnn_linear(am, bm, None))
+        except Exception:  # noqa: BLE001 - not every build has it
+            pass
     return out
 
 
-def machine(threads: int) -> dict:
+def machine(threads: int, device: str = "cpu", precision: str = "fp32") -> dict:
     import torch
 
+    gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else None
     return {
         "cpu": cpu_name(),
+        "gpu": gpu,
+        "device": device,
+        "precision": precision,
         "cores": os.cpu_count(),
         "threads": threads,
         "torch": torch.__version__,
@@ -217,34 +231,46 @@ def measure(config: str, mode: str, args) -> dict:
     from varattn.nmt.train import Trainer, TrainerState, make_optimizer
 
     torch.set_num_threads(args.threads)
-    cfg = load_config(config, {"mode": mode}, args.set)
+    device = torch.device(args.device)
+    cfg = load_config(config, {"mode": mode, "device": args.device, "precision": args.precision}, args.set)
     src_vocab, tgt_vocab, batches, decode_src = load_sample(data_dir(args.data), cfg.max_len, args.batch_size,
                                                             args.batches)
+    batches = [b.to(device) for b in batches]
     torch.manual_seed(cfg.seed)
     objective = make_objective(mode, **cfg.objective)
     model_cfg = cfg.model_config(len(src_vocab), len(tgt_vocab))
-    model = LatentAlignmentNMT(model_cfg, with_inference=objective.uses_posterior)
+    model = LatentAlignmentNMT(model_cfg, with_inference=objective.uses_posterior).to(device)
     optimizer = make_optimizer(model, cfg.lr)
     # Trainer.update itself, on a stand-in that holds just what it reads
     trainer = types.SimpleNamespace(cfg=cfg, state=TrainerState(lr=cfg.lr), objective=objective, model=model,
-                                    optimizer=optimizer)
+                                    optimizer=optimizer, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model.train()
     tokens = sum(b.num_tokens for b in batches)
     repeats = args.enum_repeats if (config != "small" and mode in ENUMERATING) else args.repeats
 
-    rss_before = _rss_mb("VmRSS")
-    peak_reset = _reset_peak()
-    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        rss_before = torch.cuda.memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+        peak_method = "torch.cuda.max_memory_allocated"
+    else:
+        rss_before = _rss_mb("VmRSS")
+        peak_method = "VmHWM after clear_refs" if _reset_peak() else "ru_maxrss"
+        maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     skipped = 0
     for batch in batches:  # warm-up: allocates Adam's state, warms the allocator and kernels
         skipped += Trainer.update(trainer, batch) is None
     times: list[float] = []
     while len(times) < repeats or (sum(times) < args.min_seconds and len(times) < MAX_REPEATS):
+        sync()
         start = time.perf_counter()
         for batch in batches:
             skipped += Trainer.update(trainer, batch) is None
+        sync()
         times.append(time.perf_counter() - start)
-    if peak_reset:
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 - rss_before
+    elif peak_method.startswith("VmHWM"):
         peak = _rss_mb("VmHWM") - rss_before
     else:  # ru_maxrss is the high-water mark of the process's whole life
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - max(rss_before, maxrss_before)
@@ -264,7 +290,9 @@ def measure(config: str, mode: str, args) -> dict:
         "repeat_seconds": times,
         "peak_mem_mb": peak,
         "rss_before_mb": rss_before,
-        "peak_method": "VmHWM after clear_refs" if peak_reset else "ru_maxrss",
+        "peak_method": peak_method,
+        "device": str(device),
+        "precision": cfg.precision,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "gflop_per_step": gflop / len(batches),
         "gflop_parts_per_step": parts,
@@ -285,10 +313,15 @@ def decode_speed(model, objective, src_ids: list[list[int]]) -> dict:
         from varattn.nmt.search import decode
     except ImportError as exc:  # pragma: no cover - the search module ships with the package now
         return {"decode_sent_per_s": None, "decode_note": f"no search module: {exc}"}
+    import torch
+
+    sync = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
+    sync()
     start = time.perf_counter()
     # an untrained model ends its outputs at random lengths: force each to its source's length
     # (about what a trained model produces on this data), so that modes are timed on the same work
     hyps = decode(model, src_ids, objective.predictive, beam=5, eos_norm=1e6, max_len_a=1.0, max_len_b=0)
+    sync()
     seconds = time.perf_counter() - start
     out_tokens = sum(len(h.tokens) + 1 for h in hyps)
     return {
@@ -304,7 +337,8 @@ def run_one(config: str, mode: str, args) -> dict:
     """``measure`` in a fresh interpreter, so that peak memory and allocator state are its own."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", config, mode, "--threads", str(args.threads),
            "--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
-           "--enum-repeats", str(args.enum_repeats), "--batches", str(args.batches),
+           "--enum-repeats", str(args.enum_repeats), "--device", args.device, "--precision", args.precision,
+           "--batches", str(args.batches),
            "--batch-size", str(args.batch_size), "--decode-sentences", str(args.decode_sentences)]
     if args.data:
         cmd += ["--data", args.data]
@@ -327,11 +361,15 @@ def _fmt(value, digits: int = 1) -> str:
 
 def markdown(report: dict) -> str:
     mach, peak = report["machine"], report["matmul_peak"]
+    gpu = f"GPU {mach['gpu']}, " if mach.get("gpu") else ""
+    size = f"{peak['size']}x{peak['size']}"
+    bf16 = f"; bf16 torch.mm {peak['bf16_mm_gflops']:.0f} GFLOP/s" if peak.get("bf16_mm_gflops") else ""
     lines = [
-        f"Machine: {mach['cpu']}, {mach['cores']} cores, {mach['threads']} threads, torch {mach['torch']}, "
+        f"Machine: {gpu}{mach['cpu']}, {mach['cores']} cores, {mach['threads']} threads, torch {mach['torch']}, "
         f"Python {mach['python']}, {mach['date']} (1-min load average at start {_fmt(mach['load_average'], 2)}).",
-        f"Matrix-multiply peak (fp32, {peak['size']}x{peak['size']}, {mach['threads']} threads): torch.mm "
-        f"{peak['torch_mm_gflops']:.0f} GFLOP/s; oneDNN {_fmt(peak['onednn_gflops'], 0)} GFLOP/s.",
+        f"Device {mach.get('device', 'cpu')}, training precision {mach.get('precision', 'fp32')} (decoding in fp32).",
+        f"Matrix-multiply peak ({size}, {mach['threads']} threads): fp32 torch.mm "
+        f"{peak['torch_mm_gflops']:.0f} GFLOP/s; fp32 oneDNN {_fmt(peak['onednn_gflops'], 0)} GFLOP/s{bf16}.",
         "",
     ]
     for config, modes in report["results"].items():
@@ -357,6 +395,12 @@ def markdown(report: dict) -> str:
                 f"| {_fmt(r.get('decode_sent_per_s'), 2)} | {_fmt(r.get('decode_out_tokens_per_sent'), 1)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def table_name(device: str, precision: str) -> str:
+    """The marker of a run's table in the docs: the CPU fp32 table, or one per device kind and precision."""
+    kind = device.split(":")[0]
+    return "speed.py" if (kind, precision) == ("cpu", "fp32") else f"speed.py {kind} {precision}"
 
 
 def write_markdown(path: Path, table: str, name: str = "speed.py") -> None:
@@ -385,6 +429,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per batch")
     parser.add_argument("--decode-sentences", type=int, default=32, help="sentences to decode at beam 5 (0: skip)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="training precision: bf16 runs the forward pass under torch.autocast")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. model.enum_chunk_rows=4096")
     parser.add_argument("--data", default=None, help="directory with valid.de.bpe / valid.en.bpe")
@@ -394,6 +441,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.threads = args.threads or os.cpu_count() or 1
+    from varattn.device import resolve_device
+    from varattn.errors import VarattnError
+
+    try:
+        args.device = str(resolve_device(args.device))
+    except VarattnError as exc:
+        parser.error(str(exc))
     if args.worker:
         print(json.dumps(measure(*args.worker, args)))
         return
@@ -404,7 +458,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (data / "valid.de.bpe").is_file():
         parser.error(f"no valid.de.bpe in {data}: give --data or set VARATTN_DATA")
     modes = args.modes.split(",") if args.modes else mode_names()
-    report = {"machine": machine(args.threads), "matmul_peak": matmul_peak(args.threads), "results": {}}
+    report = {"machine": machine(args.threads, args.device, args.precision),
+              "matmul_peak": matmul_peak(args.threads, args.device, args.precision), "results": {}}
     for config in args.configs.split(","):
         results = {}
         for mode in modes:
@@ -419,12 +474,13 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             r["ratio_to_soft"] = r["tokens_per_s"] / soft if soft else None
             r["frac_of_bound"] = r["ratio_to_soft"] / r["flop_bound_ratio"] if soft else None
-            r["frac_of_mm_peak"] = r["gflop_per_s"] / report["matmul_peak"]["torch_mm_gflops"]
+            peak = report["matmul_peak"]
+            r["frac_of_mm_peak"] = r["gflop_per_s"] / (peak["bf16_mm_gflops"] or peak["torch_mm_gflops"])
             onednn = report["matmul_peak"]["onednn_gflops"]
             r["frac_of_onednn_peak"] = r["gflop_per_s"] / onednn if onednn else None
         report["results"][config] = results
     if args.markdown != "-":
-        write_markdown(Path(args.markdown), markdown(report))
+        write_markdown(Path(args.markdown), markdown(report), table_name(args.device, args.precision))
     if args.json:
         print(json.dumps(report, indent=1))
     else:

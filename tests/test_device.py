@@ -1,7 +1,8 @@
-"""Choosing the device: names, one-line errors for GPUs that are not there, runs that move.
+"""Choosing the device and the precision: names, one-line errors, runs that move, bf16 autocast.
 
 This machine has no GPU; what a GPU would do is checked through ``torch.cuda`` stand-ins
 (``is_available``, ``device_count``) only where the code asks PyTorch about the hardware.
+bf16 autocast is checked on the CPU, where ``torch.autocast("cpu")`` takes the same code path.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from varattn.checkpoint import load_checkpoint
 from varattn.cli import main
 from varattn.device import resolve_device
 from varattn.errors import VarattnError
+from varattn.latent import make_objective, mode_names
 from varattn.nmt.config import load_config
+from varattn.nmt.data import encode_pairs, synthetic_pairs
+from varattn.nmt.model import LatentAlignmentNMT
 from varattn.nmt.run import load_run
 from varattn.nmt.train import train
+from varattn.nmt.vocab import Vocab
 
 TINY = [
     "model.embed_dim=8", "model.encoder_hidden=8", "model.decoder_hidden=16", "model.attention_dim=8",
@@ -127,3 +132,57 @@ def test_the_device_may_change_on_resume(tmp_path):
     assert json.loads((split / "run.json").read_text(encoding="utf-8"))["config"]["device"] == "cpu"
     (a, _), (b, _) = load_checkpoint(whole / "last"), load_checkpoint(split / "last")
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _tiny_problem(mode: str):
+    cfg = load_config("toy", {"mode": mode}, [*TINY, "model.dropout=0.0"])
+    pairs = synthetic_pairs(cfg)["train"]
+    src_vocab, tgt_vocab = Vocab.build(pairs.src), Vocab.build(pairs.tgt)
+    batch = encode_pairs(pairs, src_vocab, tgt_vocab).batches(16)[0]
+    objective = make_objective(mode, **cfg.objective)
+    torch.manual_seed(0)
+    model = LatentAlignmentNMT(cfg.model_config(len(src_vocab), len(tgt_vocab)), objective.uses_posterior)
+    return model, objective, batch
+
+
+@pytest.mark.parametrize("mode", mode_names())
+def test_bf16_autocast_runs_products_in_bf16_and_keeps_losses_and_gradients_fp32(mode):
+    """Tolerances: bf16 keeps 8 bits of mantissa (relative rounding 0.4 %); measured here the
+    loss differs from fp32 by < 1e-5 relative and the gradient by < 0.3 % (relative L2); the
+    test allows 1e-3 and 3 %."""
+    model, objective, batch = _tiny_problem(mode)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(1)  # the same samples for the sampling modes
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            problem = model.problem(batch, objective.uses_posterior)
+            terms = objective.loss(problem)
+        assert problem.emission.query_pre.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        assert problem.prior_scores.dtype == torch.float32 and terms.surrogate.dtype == torch.float32
+        model.zero_grad()
+        terms.surrogate.backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(g.dtype == torch.float32 and bool(torch.isfinite(g).all()) for g in grads)
+        results[precision] = (float(terms.surrogate.detach()), torch.cat([g.flatten() for g in grads]))
+    (loss32, grad32), (loss16, grad16) = results["fp32"], results["bf16"]
+    assert abs(loss16 - loss32) <= 1e-3 * abs(loss32)
+    assert float((grad16 - grad32).norm() / grad32.norm()) < 0.03
+
+
+def test_training_in_bf16_and_evaluating_in_fp32(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--mode", "var-sample", "--out", str(run), "--max-steps", "3", "--no-progress",
+                 "--no-tensorboard", "--set", "precision=bf16", *sum((["--set", s] for s in TINY), [])]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert 1.0 < result["ppl"] < float("inf")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert records[-1]["split"] == "valid" and records[-1]["step"] == 3
+
+
+def test_an_unknown_precision_is_a_one_line_error(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "run"), "--set", "precision=fp16", "--no-progress"])
+    assert code == 2
+    assert "precision must be fp32 or bf16, got 'fp16'" in _one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()

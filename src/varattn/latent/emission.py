@@ -127,8 +127,25 @@ class _Linear(torch.autograd.Function):
         )
 
 
+def autocast_on(device: torch.device) -> bool:
+    """Whether ``torch.autocast`` is active for ``device``'s type (``cpu``, ``cuda``) right now.
+
+    Under autocast the fast paths of this module step aside: products go through
+    ``nn.functional.linear``, which autocast casts to its lower precision, and the output
+    layer's log-softmax runs in float32.
+    """
+    return torch.is_autocast_enabled(device.type)
+
+
+def full_precision(x: Tensor) -> Tensor:
+    """``x`` in float32 when autocast made it bfloat16 or float16; float32 and float64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``nn.functional.linear`` with its products through ``matmul_nt`` (``x`` of any rank >= 1)."""
+    if autocast_on(x.device):
+        return nn.functional.linear(x, weight, bias)
     lead = x.shape[:-1]
     flat = x.reshape(-1, x.shape[-1])
     needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
@@ -242,7 +259,8 @@ class ContextEmission:
         """
         b, t, _ = self.query_pre.shape
         s = self.memory_pre.shape[1]
-        out = self.query_pre.new_zeros(b, t, s)
+        dtype = torch.promote_types(self.query_pre.dtype, torch.float32)  # float32 under autocast
+        out = self.query_pre.new_zeros(b, t, s, dtype=dtype)
         rows_b, rows_t = self.target_mask.nonzero(as_tuple=True)  # (N,), (N,)
         n = rows_b.shape[0]
         if n == 0:
@@ -343,8 +361,11 @@ class LinearSoftmaxHead(nn.Module):
 
     def log_probs(self, pre: Tensor) -> Tensor:
         """``(..., D) -> (..., V)`` full output distribution (for decoding)."""
-        return torch.log_softmax(linear(self.hidden(pre), self.generator.weight, self.generator.bias), dim=-1)
+        logits = linear(self.hidden(pre), self.generator.weight, self.generator.bias)
+        return torch.log_softmax(full_precision(logits), dim=-1)  # float32 under autocast too
 
     def log_prob_gold(self, pre: Tensor, gold: Tensor) -> Tensor:
         """``pre (N, D)``, ``gold (N,)`` -> ``(N,)`` ``log softmax(generator(hidden(pre)))[gold]``."""
+        if autocast_on(pre.device):
+            return self.log_probs(pre).gather(1, gold.unsqueeze(1)).squeeze(1)
         return _GoldLogSoftmax.apply(self.hidden(pre), self.generator.weight, self.generator.bias, gold)

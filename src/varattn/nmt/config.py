@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from varattn.device import PRECISIONS
 from varattn.errors import VarattnError
 from varattn.latent import make_objective
 from varattn.nmt.model import ModelConfig
@@ -61,6 +62,7 @@ class TrainConfig:
     log_every: int = 25  # a train record in metrics.jsonl every this many updates
     threads: int | None = None
     device: str = "auto"  # auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:N
+    precision: str = "fp32"  # fp32, or bf16: products under torch.autocast in bfloat16, losses in float32
     model: dict[str, Any] = field(default_factory=dict)
     objective: dict[str, Any] = field(default_factory=dict)
 
@@ -120,6 +122,8 @@ class TrainConfig:
             raise VarattnError(f"unknown model config keys: {', '.join(sorted(unknown))}")
         if self.batch_size < 1:
             raise VarattnError("batch_size must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise VarattnError(f"precision must be {' or '.join(PRECISIONS)}, got {self.precision!r}")
         for key in ("save_every", "eval_every", "max_steps"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):

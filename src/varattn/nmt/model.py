@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from varattn.latent import AlignmentProblem, ContextEmission, LinearSoftmaxHead, LossTerms, Objective, Scores
-from varattn.latent.emission import grad_input, grad_weight, linear, matmul_nt
+from varattn.latent.emission import autocast_on, full_precision, grad_input, grad_weight, linear, matmul_nt
 from varattn.nmt.batching import Batch
 
 NEG_INF = float("-inf")
@@ -152,7 +152,7 @@ class _StepLinear:
     def __init__(self, weight: Tensor):
         self.weight = weight
         self.bank = None
-        if torch.is_grad_enabled() and weight.requires_grad:
+        if torch.is_grad_enabled() and weight.requires_grad and not autocast_on(weight.device):
             self.bank = _GradBank()
             self.token = _BankToken.apply(weight, self.bank)
 
@@ -296,7 +296,7 @@ class LatentAlignmentNMT(nn.Module):
             x = self.dropout(h) if i + 1 < len(self.cells) else h
         query = x  # (B, Dd)
         energy = torch.tanh(linear(query, self.attn_query.weight).unsqueeze(1) + enc.memory_proj)  # (B, S, A)
-        scores = self.attn_v(energy).squeeze(-1).masked_fill(~enc.source_mask, NEG_INF)  # (B, S)
+        scores = full_precision(self.attn_v(energy).squeeze(-1)).masked_fill(~enc.source_mask, NEG_INF)  # (B, S)
         scores = truncate_topk(scores, topk)
         context = torch.bmm(torch.softmax(scores, -1).unsqueeze(1), enc.memory).squeeze(1)  # (B, Dm)
         return query, scores, DecoderState(hidden, context)
@@ -341,7 +341,7 @@ class LatentAlignmentNMT(nn.Module):
                 hidden[i], memory_cell[i] = _lstm_pointwise(gates, memory_cell[i])
                 x = self.dropout(hidden[i]) if i + 1 < len(cells) else hidden[i]
             energy = torch.tanh(attn_query(x).unsqueeze(1) + enc.memory_proj)  # (B, S, A)
-            scores = self.attn_v(energy).squeeze(-1).masked_fill(not_source, NEG_INF)  # (B, S)
+            scores = full_precision(self.attn_v(energy).squeeze(-1)).masked_fill(not_source, NEG_INF)  # (B, S)
             scores = truncate_topk(scores, topk)
             feed = torch.bmm(torch.softmax(scores, -1).unsqueeze(1), enc.memory).squeeze(1)  # (B, Dm)
             queries.append(x)
@@ -362,7 +362,7 @@ class LatentAlignmentNMT(nn.Module):
                 raise ValueError("this model was built without an inference network")
             tgt_lengths = batch.tgt_mask.sum(1)
             posterior_scores = self.inference(src_emb, batch.src_lengths, tgt_emb[:, 1:], tgt_lengths)
-            posterior_scores = posterior_scores.masked_fill(~enc.source_mask[:, None, :], NEG_INF)
+            posterior_scores = full_precision(posterior_scores).masked_fill(~enc.source_mask[:, None, :], NEG_INF)
         emission = ContextEmission(self.head, queries, enc.memory, batch.tgt_out, batch.tgt_mask,
                                    self.cfg.enum_chunk_rows, enc.source_mask)
         return AlignmentProblem(prior_scores, enc.source_mask, batch.tgt_mask, emission, posterior_scores)

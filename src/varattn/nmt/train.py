@@ -42,7 +42,7 @@ from varattn.checkpoint import (
     unflatten_state,
 )
 from varattn.data.corpus import read_lines, resolve_pair
-from varattn.device import resolve_device
+from varattn.device import precision_context, resolve_device
 from varattn.errors import VarattnError
 from varattn.latent import make_objective
 from varattn.nmt.config import TrainConfig
@@ -408,7 +408,8 @@ class Trainer:
         st = self.state
         self.objective.set_step(st.step)
         self.optimizer.zero_grad(set_to_none=True)
-        terms = self.model.loss(batch, self.objective)
+        with precision_context(self.device, self.cfg.precision):
+            terms = self.model.loss(batch, self.objective)
         loss = terms.surrogate / len(batch)
         totals = terms.totals()
         bad = not bool(torch.isfinite(loss))

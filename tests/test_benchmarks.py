@@ -1,0 +1,42 @@
+"""``benchmarks/speed.py`` runs end to end and prints what the performance issue asks for.
+
+Nothing here judges a timing: the run is as short as the script allows (one pass, batches of
+eight, two sentences decoded) and only the shape of the report is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data" / "iwslt14-de-en-valid-test"
+
+
+@pytest.mark.skipif(not (DATA / "valid.de.bpe").is_file(), reason="the IWSLT'14 files of ../shared/data are absent")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_speed_json_report_has_every_required_figure(precision, tmp_path):
+    markdown = tmp_path / "bench.md"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--configs", "small", "--modes", "soft,var-sample",
+           "--repeats", "1", "--min-seconds", "0", "--batch-size", "8", "--decode-sentences", "2", "--threads", "1",
+           "--device", "cpu", "--precision", precision, "--json", "--markdown", str(markdown)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["machine"]["precision"] == precision
+    results = report["results"]["small"]
+    for mode in ("soft", "var-sample"):
+        r = results[mode]
+        assert r["tokens_per_s"] > 0 and r["peak_mem_mb"] >= 0 and r["decode_sent_per_s"] > 0
+        assert r["precision"] == precision and r["device"] == "cpu"
+    assert results["soft"]["ratio_to_soft"] == 1.0
+    assert results["var-sample"]["ratio_to_soft"] == pytest.approx(
+        results["var-sample"]["tokens_per_s"] / results["soft"]["tokens_per_s"])
+    assert results["var-sample"]["gflop_per_step"] > results["soft"]["gflop_per_step"]  # the inference network
+    table = markdown.read_text(encoding="utf-8")
+    name = "speed.py" if precision == "fp32" else "speed.py cpu bf16"
+    assert f"<!-- {name} table begin -->" in table and "| var-sample |" in table
