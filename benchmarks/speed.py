@@ -14,13 +14,7 @@ pairs, then measures:
   sample, median over the timed repeats (each repeat is one pass over the sample; at least
   ``--repeats`` of them, more until ``--min-seconds`` are timed, so that short steps are not
   judged on a handful of samples);
-* ``ratio_to_soft``: this mode's training speed over ``soft``'s at the same config, timed in pairs:
-  after its own timing, the mode's process builds a ``soft`` model of the same config and times
-  alternating passes of the two (at least ``--pair-passes`` each, more until ``--min-seconds`` of
-  each are timed); the ratio is soft's median pass time over the mode's. Both see the same
-  machine state, so the ratio does not move with the drift of a shared machine between runs
-  (``tokens_per_s`` over soft's ``tokens_per_s`` from its own process, which can, is kept as
-  ``ratio_to_soft_separate``);
+* ``ratio_to_soft``: that throughput over ``soft``'s at the same config, measured in the same run;
 * ``peak_mem_mb``: the process's peak resident memory during the warm-up and timed steps minus its
   resident memory just before the first step (the high-water mark is reset through
   ``/proc/self/clear_refs`` first; elsewhere ``ru_maxrss`` is used). It includes the gradients and
@@ -233,7 +227,8 @@ def measure(config: str, mode: str, args) -> dict:
 
     from varattn.latent import make_objective
     from varattn.nmt.config import load_config
-    from varattn.nmt.train import Trainer
+    from varattn.nmt.model import LatentAlignmentNMT
+    from varattn.nmt.train import Trainer, TrainerState, make_optimizer
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -241,9 +236,14 @@ def measure(config: str, mode: str, args) -> dict:
     src_vocab, tgt_vocab, batches, decode_src = load_sample(data_dir(args.data), cfg.max_len, args.batch_size,
                                                             args.batches)
     batches = [b.to(device) for b in batches]
+    torch.manual_seed(cfg.seed)
+    objective = make_objective(mode, **cfg.objective)
     model_cfg = cfg.model_config(len(src_vocab), len(tgt_vocab))
-    trainer = _stand_in(cfg, mode, model_cfg, device)
-    model, objective = trainer.model, trainer.objective
+    model = LatentAlignmentNMT(model_cfg, with_inference=objective.uses_posterior).to(device)
+    optimizer = make_optimizer(model, cfg.lr)
+    # Trainer.update itself, on a stand-in that holds just what it reads
+    trainer = types.SimpleNamespace(cfg=cfg, state=TrainerState(lr=cfg.lr), objective=objective, model=model,
+                                    optimizer=optimizer, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model.train()
     tokens = sum(b.num_tokens for b in batches)
@@ -257,11 +257,17 @@ def measure(config: str, mode: str, args) -> dict:
         rss_before = _rss_mb("VmRSS")
         peak_method = "VmHWM after clear_refs" if _reset_peak() else "ru_maxrss"
         maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    skipped = 0
     for batch in batches:  # warm-up: allocates Adam's state, warms the allocator and kernels
-        Trainer.update(trainer, batch)
+        skipped += Trainer.update(trainer, batch) is None
     times: list[float] = []
     while len(times) < repeats or (sum(times) < args.min_seconds and len(times) < MAX_REPEATS):
-        times.append(_timed_pass(trainer, batches, sync))
+        sync()
+        start = time.perf_counter()
+        for batch in batches:
+            skipped += Trainer.update(trainer, batch) is None
+        sync()
+        times.append(time.perf_counter() - start)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20 - rss_before
     elif peak_method.startswith("VmHWM"):
@@ -293,58 +299,13 @@ def measure(config: str, mode: str, args) -> dict:
         "gflop_per_s": gflop / step_s,
         "flop_bound_ratio": sum(f["total_no_recompute"] for f in soft_flops)
         / sum(f["total_no_recompute"] for f in flops),
-        "skipped_steps": trainer.state.bad_steps,  # non-finite steps Trainer.update skipped
+        "skipped_steps": skipped,
         "threads": torch.get_num_threads(),
         "enum_chunk_rows": model_cfg.enum_chunk_rows,
     }
-    if mode == "soft":
-        result["paired_pass_seconds"] = {"soft": times, mode: times}
-    elif args.pair_passes > 0:
-        result["paired_pass_seconds"] = paired_passes(trainer, _stand_in(cfg, "soft", model_cfg, device), batches,
-                                                      args, sync)
     if args.decode_sentences > 0:
         result.update(decode_speed(model, objective, decode_src[: args.decode_sentences]))
     return result
-
-
-def _stand_in(cfg, mode: str, model_cfg, device) -> types.SimpleNamespace:
-    """What ``Trainer.update`` reads, for a fresh model of ``mode`` (seeded like a run of the config)."""
-    import torch
-
-    from varattn.latent import make_objective
-    from varattn.nmt.model import LatentAlignmentNMT
-    from varattn.nmt.train import TrainerState, make_optimizer
-
-    torch.manual_seed(cfg.seed)
-    objective = make_objective(mode, **(cfg.objective if mode == cfg.mode else {}))
-    model = LatentAlignmentNMT(model_cfg, with_inference=objective.uses_posterior).to(device)
-    model.train()
-    return types.SimpleNamespace(cfg=cfg, state=TrainerState(lr=cfg.lr), objective=objective, model=model,
-                                 optimizer=make_optimizer(model, cfg.lr), device=device)
-
-
-def _timed_pass(trainer, batches, sync) -> float:
-    """Seconds of one ``Trainer.update`` per batch of the sample."""
-    from varattn.nmt.train import Trainer
-
-    sync()
-    start = time.perf_counter()
-    for batch in batches:
-        Trainer.update(trainer, batch)
-    sync()
-    return time.perf_counter() - start
-
-
-def paired_passes(trainer, soft, batches, args, sync) -> dict:
-    """Alternating timed passes of ``trainer``'s mode and of ``soft`` (after a warm-up pass of soft)."""
-    _timed_pass(soft, batches, sync)
-    times: dict[str, list[float]] = {"soft": [], trainer.objective.name: []}
-    mode_times, soft_times = times[trainer.objective.name], times["soft"]
-    while len(soft_times) < args.pair_passes or (
-            min(sum(soft_times), sum(mode_times)) < args.min_seconds and len(soft_times) < MAX_REPEATS):
-        soft_times.append(_timed_pass(soft, batches, sync))
-        mode_times.append(_timed_pass(trainer, batches, sync))
-    return times
 
 
 def decode_speed(model, objective, src_ids: list[list[int]]) -> dict:
@@ -376,8 +337,7 @@ def run_one(config: str, mode: str, args) -> dict:
     """``measure`` in a fresh interpreter, so that peak memory and allocator state are its own."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", config, mode, "--threads", str(args.threads),
            "--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
-           "--enum-repeats", str(args.enum_repeats), "--pair-passes", str(args.pair_passes),
-           "--device", args.device, "--precision", args.precision,
+           "--enum-repeats", str(args.enum_repeats), "--device", args.device, "--precision", args.precision,
            "--batches", str(args.batches),
            "--batch-size", str(args.batch_size), "--decode-sentences", str(args.decode_sentences)]
     if args.data:
@@ -463,8 +423,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the sample")
     parser.add_argument("--min-seconds", type=float, default=5.0,
                         help="repeat passes beyond --repeats until this much time is timed (short steps are noisy)")
-    parser.add_argument("--pair-passes", type=int, default=2,
-                        help="least alternating passes of each mode and soft for ratio_to_soft (0: separate runs)")
     parser.add_argument("--enum-repeats", type=int, default=2,
                         help="timed passes for the enumerating modes beyond the small config")
     parser.add_argument("--batches", type=int, default=2, help="batches in the fixed sample")
@@ -514,10 +472,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in results.values():
             if "error" in r:
                 continue
-            r["ratio_to_soft_separate"] = r["tokens_per_s"] / soft if soft else None
-            paired = r.get("paired_pass_seconds")
-            r["ratio_to_soft"] = (statistics.median(paired["soft"]) / statistics.median(paired[r["mode"]])
-                                  if paired else r["ratio_to_soft_separate"])
+            r["ratio_to_soft"] = r["tokens_per_s"] / soft if soft else None
             r["frac_of_bound"] = r["ratio_to_soft"] / r["flop_bound_ratio"] if soft else None
             peak = report["matmul_peak"]
             r["frac_of_mm_peak"] = r["gflop_per_s"] / (peak["bf16_mm_gflops"] or peak["torch_mm_gflops"])

@@ -8,7 +8,6 @@ split) and only the contents of the report are checked.
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +38,8 @@ def test_speed_json_report_has_every_required_figure(precision, tmp_path):
         assert r["tokens_per_s"] > 0 and r["peak_mem_mb"] >= 0 and r["decode_sent_per_s"] > 0
         assert r["precision"] == precision and r["device"] == "cpu"
     assert results["soft"]["ratio_to_soft"] == 1.0
-    sample = results["var-sample"]
-    assert sample["ratio_to_soft_separate"] == pytest.approx(sample["tokens_per_s"] / results["soft"]["tokens_per_s"])
-    paired = sample["paired_pass_seconds"]  # alternating passes of var-sample and soft in one process
-    assert len(paired["soft"]) == len(paired["var-sample"]) >= 2
-    assert sample["ratio_to_soft"] == pytest.approx(statistics.median(paired["soft"])
-                                                    / statistics.median(paired["var-sample"]))
+    assert results["var-sample"]["ratio_to_soft"] == pytest.approx(
+        results["var-sample"]["tokens_per_s"] / results["soft"]["tokens_per_s"])
     assert results["var-sample"]["gflop_per_step"] > results["soft"]["gflop_per_step"]  # the inference network
     table = markdown.read_text(encoding="utf-8")
     name = "speed.py" if precision == "fp32" else "speed.py cpu bf16"
