@@ -38,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -192,7 +191,7 @@ def run_ours(data: Path, batch_size: int, steps: int, report_every: int, threads
     from varattn.nmt.batching import bucket_batches, collate
     from varattn.nmt.config import load_config
     from varattn.nmt.model import LatentAlignmentNMT
-    from varattn.nmt.train import Trainer, TrainerState
+    from varattn.nmt.train import Trainer
     from varattn.nmt.vocab import Vocab
 
     torch.set_num_threads(threads)
@@ -205,9 +204,7 @@ def run_ours(data: Path, batch_size: int, steps: int, report_every: int, threads
     torch.manual_seed(cfg.seed)
     objective = make_objective("soft")
     model = LatentAlignmentNMT(cfg.model_config(len(src_vocab), len(tgt_vocab)), with_inference=False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    trainer = types.SimpleNamespace(cfg=cfg, state=TrainerState(lr=cfg.lr), objective=objective, model=model,
-                                    optimizer=optimizer)
+    trainer = speed.trainer_stand_in(cfg, model, objective, torch.device("cpu"))
     model.train()
     windows, tokens, start = [], 0, time.perf_counter()
     for step in range(steps):

@@ -222,13 +222,21 @@ def _reset_peak() -> bool:
         return False
 
 
+def trainer_stand_in(cfg, model, objective, device) -> types.SimpleNamespace:
+    """What ``Trainer.update`` reads, so that it can be timed alone (a Trainer also owns files and data)."""
+    from varattn.nmt.train import TrainerState, make_optimizer
+
+    return types.SimpleNamespace(cfg=cfg, state=TrainerState(lr=cfg.lr), objective=objective, model=model,
+                                 optimizer=make_optimizer(model, cfg.lr), device=device)
+
+
 def measure(config: str, mode: str, args) -> dict:
     import torch
 
     from varattn.latent import make_objective
     from varattn.nmt.config import load_config
     from varattn.nmt.model import LatentAlignmentNMT
-    from varattn.nmt.train import Trainer, TrainerState, make_optimizer
+    from varattn.nmt.train import Trainer
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -240,10 +248,7 @@ def measure(config: str, mode: str, args) -> dict:
     objective = make_objective(mode, **cfg.objective)
     model_cfg = cfg.model_config(len(src_vocab), len(tgt_vocab))
     model = LatentAlignmentNMT(model_cfg, with_inference=objective.uses_posterior).to(device)
-    optimizer = make_optimizer(model, cfg.lr)
-    # Trainer.update itself, on a stand-in that holds just what it reads
-    trainer = types.SimpleNamespace(cfg=cfg, state=TrainerState(lr=cfg.lr), objective=objective, model=model,
-                                    optimizer=optimizer, device=device)
+    trainer = trainer_stand_in(cfg, model, objective, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model.train()
     tokens = sum(b.num_tokens for b in batches)
