@@ -364,6 +364,23 @@ class LinearSoftmaxHead(nn.Module):
         logits = linear(self.hidden(pre), self.generator.weight, self.generator.bias)
         return torch.log_softmax(full_precision(logits), dim=-1)  # float32 under autocast too
 
+    def mixture(self, pre: Tensor, weights: Tensor, rows: Tensor, num_rows: int,
+                chunk_elements: int = 1 << 20) -> Tensor:
+        """``(num_rows, V)`` probabilities ``sum_k weights_k softmax(generator(hidden(pre_k)))`` per row.
+
+        ``pre (M, D)``, ``weights (M,)`` and ``rows (M,)`` list the pairs of a mixture of output
+        distributions (e.g. one per source position, weighted by the alignment). The sum is taken
+        in probability space, ``chunk_elements`` of ``(pairs, V)`` at a time (4 MB by default, so
+        the intermediates stay in the CPU cache); float32 probabilities below about 1e-30 lose
+        precision, which callers that need the log of tiny mixtures must handle.
+        """
+        mix = pre.new_zeros(num_rows, self.generator.out_features)
+        step = max(1, chunk_elements // self.generator.out_features)
+        for i in range(0, pre.shape[0], step):
+            probs = self.log_probs(pre[i : i + step]).exp_().mul_(weights[i : i + step].unsqueeze(1))
+            mix.index_add_(0, rows[i : i + step], probs)
+        return mix
+
     def log_prob_gold(self, pre: Tensor, gold: Tensor) -> Tensor:
         """``pre (N, D)``, ``gold (N,)`` -> ``(N,)`` ``log softmax(generator(hidden(pre)))[gold]``."""
         if autocast_on(pre.device):

@@ -24,9 +24,10 @@ def predicted_tokens(problem: AlignmentProblem, head, predictive: str) -> torch.
 
     Uses the objective's predictive rule (see ``LatentAlignmentNMT.next_token_log_probs``).
     The marginal rule's argmax is that of the mixture ``sum_i p_i f(x, i)``, taken in
-    probability space (a weighted sum per chunk instead of a log-sum-exp over ``S``: the same
-    argmax, several times faster), for real (target row, source position) pairs only, in
-    chunks of at most the emission's ``chunk_rows`` pairs.
+    probability space (``LinearSoftmaxHead.mixture``, as beam search does, instead of a
+    log-sum-exp over ``S``: the same argmax, several times faster), for real (target row,
+    source position) pairs only, target rows in chunks of at most the emission's
+    ``chunk_rows`` pairs.
     """
     emission = problem.emission
     log_alpha = problem.prior().log_probs  # (B, T, S)
@@ -39,10 +40,8 @@ def predicted_tokens(problem: AlignmentProblem, head, predictive: str) -> torch.
             b, t = rows_b[start : start + per_chunk], rows_t[start : start + per_chunk]  # (R,)
             row, pos = problem.source_mask[b].nonzero(as_tuple=True)  # the chunk's real pairs (P,)
             pb, pt = b[row], t[row]
-            probs = head.log_probs(emission.query_pre[pb, pt] + emission.memory_pre[pb, pos]).exp_()  # (P, V)
-            probs.mul_(alpha[pb, pt, pos].unsqueeze(1))
-            mixture = probs.new_zeros(b.shape[0], probs.shape[1]).index_add_(0, row, probs)  # (R, V)
-            out[b, t] = mixture.argmax(-1)
+            pre = emission.query_pre[pb, pt] + emission.memory_pre[pb, pos]  # (P, D)
+            out[b, t] = head.mixture(pre, alpha[pb, pt, pos], row, b.shape[0]).argmax(-1)  # (R, V) -> (R,)
         return out
     pre = emission.query_pre + torch.matmul(log_alpha.exp(), emission.memory_pre)  # (B, T, D)
     return head.log_probs(pre).argmax(-1)

@@ -183,13 +183,8 @@ def next_log_probs(model: LatentAlignmentNMT, query: Tensor, scores: Tensor, enc
         context = context_pre[rows, cols]
     q_pre = head.query_part(query)  # (N, D)
     pre = q_pre[rows] + context  # (M, D)
-    weights = torch.softmax(scores, -1)[rows, cols].unsqueeze(1)  # (M, 1)
-    vocab = model.cfg.tgt_vocab_size
-    mix = query.new_zeros(scores.shape[0], vocab)
-    step = max(1, MIX_CHUNK_ELEMENTS // vocab)
-    for i in range(0, rows.shape[0], step):
-        probs = head.log_probs(pre[i : i + step]).exp_().mul_(weights[i : i + step])
-        mix.index_add_(0, rows[i : i + step], probs)
+    weights = torch.softmax(scores, -1)[rows, cols]  # (M,)
+    mix = head.mixture(pre, weights, rows, scores.shape[0], MIX_CHUNK_ELEMENTS)  # (N, V)
     out = mix.log()
     redo = (mix < MIX_TINY).any(-1).nonzero().flatten()
     if redo.numel():
