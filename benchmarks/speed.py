@@ -422,6 +422,9 @@ def write_markdown(path: Path, table: str, name: str = "speed.py") -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from varattn.device import PRECISIONS, resolve_device
+    from varattn.errors import VarattnError
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated shipped configs")
     parser.add_argument("--modes", default=None, help="comma-separated modes (default: all)")
@@ -435,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decode-sentences", type=int, default=32, help="sentences to decode at beam 5 (0: skip)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                         help="training precision: bf16 runs the forward pass under torch.autocast")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. model.enum_chunk_rows=4096")
@@ -446,9 +449,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.threads = args.threads or os.cpu_count() or 1
-    from varattn.device import resolve_device
-    from varattn.errors import VarattnError
-
     try:
         args.device = str(resolve_device(args.device))
     except VarattnError as exc:
