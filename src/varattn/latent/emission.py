@@ -374,7 +374,8 @@ class LinearSoftmaxHead(nn.Module):
         the intermediates stay in the CPU cache); float32 probabilities below about 1e-30 lose
         precision, which callers that need the log of tiny mixtures must handle.
         """
-        mix = pre.new_zeros(num_rows, self.generator.out_features)
+        dtype = torch.promote_types(pre.dtype, torch.float32)  # log_probs are float32 under autocast
+        mix = pre.new_zeros(num_rows, self.generator.out_features, dtype=dtype)
         step = max(1, chunk_elements // self.generator.out_features)
         for i in range(0, pre.shape[0], step):
             probs = self.log_probs(pre[i : i + step]).exp_().mul_(weights[i : i + step].unsqueeze(1))
