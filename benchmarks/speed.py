@@ -457,8 +457,15 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(measure(*args.worker, args)))
         return
 
+    from torch import device as torch_device
+
+    from varattn.device import check_precision
     from varattn.latent import mode_names
 
+    try:
+        check_precision(torch_device(args.device), args.precision)
+    except VarattnError as exc:
+        parser.error(str(exc))
     data = data_dir(args.data)
     if not (data / "valid.de.bpe").is_file():
         parser.error(f"no valid.de.bpe in {data}: give --data or set VARATTN_DATA")

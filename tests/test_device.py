@@ -15,7 +15,7 @@ import torch
 
 from varattn.checkpoint import load_checkpoint
 from varattn.cli import main
-from varattn.device import resolve_device
+from varattn.device import bf16_supported, resolve_device
 from varattn.errors import VarattnError
 from varattn.latent import make_objective, mode_names
 from varattn.nmt.config import load_config
@@ -145,6 +145,11 @@ def _tiny_problem(mode: str):
     return model, objective, batch
 
 
+NEEDS_BF16 = pytest.mark.skipif(not bf16_supported("cpu"),
+                                reason="this CPU has no bf16 LSTM kernel (oneDNN needs AVX-512)")
+
+
+@NEEDS_BF16
 @pytest.mark.parametrize("mode", mode_names())
 def test_bf16_autocast_runs_products_in_bf16_and_keeps_losses_and_gradients_fp32(mode):
     """Tolerances: bf16 keeps 8 bits of mantissa (relative rounding 0.4 %); measured here the
@@ -169,6 +174,7 @@ def test_bf16_autocast_runs_products_in_bf16_and_keeps_losses_and_gradients_fp32
     assert float((grad16 - grad32).norm() / grad32.norm()) < 0.03
 
 
+@NEEDS_BF16
 def test_training_in_bf16_and_evaluating_in_fp32(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--mode", "var-sample", "--out", str(run), "--max-steps", "3", "--no-progress",
@@ -186,3 +192,24 @@ def test_an_unknown_precision_is_a_one_line_error(tmp_path, capsys):
     assert code == 2
     assert "precision must be fp32 or bf16, got 'fp16'" in _one_line_error(capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
+
+
+def test_bf16_without_kernels_is_a_one_line_error_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """What a user of an AVX2-only CPU sees (forced here on any CPU by making the probe say no)."""
+    monkeypatch.setattr("varattn.device.bf16_supported", lambda device_type: False)
+    code = main(["train", "--out", str(tmp_path / "run"), "--set", "precision=bf16", "--no-progress"])
+    assert code == 2
+    assert "precision bf16 was asked for, but this CPU has no bfloat16 LSTM kernel" in \
+        _one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_bf16_probe_agrees_with_the_lstm_kernel():
+    lstm = torch.nn.LSTM(4, 4, batch_first=True)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 2, 4))
+        works = True
+    except RuntimeError:
+        works = False
+    assert bf16_supported("cpu") is works

@@ -91,7 +91,9 @@ def test_exact_perplexity_equals_brute_force(tmp_path, mode):
         assert got["log_prob"] == pytest.approx(expected, rel=1e-5)
         assert got["tokens"] == len(t.split()) + 1
         if mode == "var-enum":
-            assert got["elbo"] <= got["log_prob"] + 1e-6
+            # float32 sums over ~25 tokens: each side carries a relative rounding error of up to
+            # ~25 * 2^-24 (1.5e-6); the ELBO may exceed log p(y|x) by no more than that
+            assert got["elbo"] <= got["log_prob"] + 1.5e-6 * abs(got["log_prob"])
 
 
 def test_embedded_default_learns(tmp_path):
@@ -118,7 +120,7 @@ def test_cli_train_and_evaluate_json(tmp_path, capsys):
     assert code == 0
     for key in ("ppl", "elbo_ppl", "tokens", "prior_entropy", "kmax_ppl"):
         assert key in record
-    assert record["tokens"] > 0 and record["elbo_ppl"] >= record["ppl"]
+    assert record["tokens"] > 0 and record["elbo_ppl"] >= record["ppl"] * (1 - 1e-6)
     for name in ("best", "last", "resume"):
         assert (run / name / "weights.safetensors").is_file()
     assert (run / "run.json").is_file() and (run / "vocab.src.txt").is_file()

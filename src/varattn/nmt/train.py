@@ -42,7 +42,7 @@ from varattn.checkpoint import (
     unflatten_state,
 )
 from varattn.data.corpus import read_lines, resolve_pair
-from varattn.device import precision_context, resolve_device
+from varattn.device import check_precision, precision_context, resolve_device
 from varattn.errors import VarattnError
 from varattn.latent import make_objective
 from varattn.nmt.config import TrainConfig
@@ -206,6 +206,7 @@ class Trainer:
         self.resumed = resume
         self.state = TrainerState(lr=cfg.lr)
         self.device = resolve_device(cfg.device)  # a missing GPU fails here, before anything is written
+        check_precision(self.device, cfg.precision)  # so does bf16 where the device has no bf16 kernels
         if resume:
             stored_cfg = self._check_resumable()
             tensors, skeleton = self._read_resume()  # sets self.state
