@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
-import matplotlib
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
 import numpy as np
@@ -28,8 +30,22 @@ def _check_png(path, min_w=200, min_h=150, max_side=8000):
     return w, h
 
 
-def test_backend_is_agg():
-    assert matplotlib.get_backend().lower() == "agg"
+def test_matplotlib_imported_by_first_plot_on_agg(tmp_path):
+    """Importing varattn.plot does not import matplotlib (an extra); the first plot selects Agg,
+    even where the environment asks for another backend."""
+    script = (
+        "import sys\n"
+        "from varattn.plot import plot_metrics\n"
+        "assert 'matplotlib' not in sys.modules\n"
+        f"plot_metrics([{{'step': 1, 'loss': 1.0}}, {{'step': 2, 'loss': 0.5}}], {str(tmp_path / 'c.png')!r})\n"
+        "import matplotlib\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    env = {**os.environ, "MPLBACKEND": "svg", "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().lower() == "agg"
+    _check_png(tmp_path / "c.png")
 
 
 def test_plot_alignments_writes_png(tmp_path):

@@ -1,33 +1,40 @@
 """Plots: alignment heatmaps and training curves, written to PNG files.
 
-Importing this module selects matplotlib's non-interactive ``Agg`` backend, so plots work on
-machines without a display (training servers, CI).  Every function saves its figure and
-closes it, so repeated calls do not accumulate open figures.
+matplotlib is an optional extra (``pip install 'varattn[plot]'``): it is imported by the first
+plot, not by importing this module (``read_metrics`` works without it), and a missing matplotlib is
+a one-line :class:`VarattnError`.  The first plot selects matplotlib's non-interactive ``Agg``
+backend, so plots work on machines without a display (training servers, CI).  Every function
+saves its figure and closes it, so repeated calls do not accumulate open figures.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-
-from varattn.align import as_2d_array  # noqa: E402
-from varattn.errors import VarattnError  # noqa: E402
+from varattn.align import as_2d_array
+from varattn.errors import VarattnError
+from varattn.extras import optional_import
 
 DPI = 120
 _MAX_LABEL_CHARS = 18
 _X_KEYS = ("step", "epoch")
+
+
+def _pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the ``Agg`` backend; a one-line VarattnError if matplotlib is missing."""
+    matplotlib = optional_import("matplotlib", "plot", "plotting")
+    matplotlib.use("Agg")  # a no-op once selected; must come before pyplot's first import
+    return importlib.import_module("matplotlib.pyplot")
 
 
 def _label(token: str) -> str:
@@ -82,6 +89,7 @@ def plot_alignments(
     fig_w = n * (panel_w + label_room) + 1.2
     fig_h = panel_h + label_room + (0.6 if title else 0.3)
 
+    plt = _pyplot()
     fig, axes = plt.subplots(1, n, figsize=(fig_w, fig_h), squeeze=False, layout="constrained")
     try:
         image = None
@@ -146,6 +154,7 @@ def plot_metrics(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
     n = len(series)
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
+    plt = _pyplot()
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(4.0 * ncols, 2.8 * nrows), squeeze=False, layout="constrained"
     )
