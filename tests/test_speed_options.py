@@ -1,12 +1,13 @@
-"""The fast paths compute what the plain ones do (values and gradients); no timing here.
+"""The fast paths of ``varattn.kernels`` compute what the plain ones do (values and gradients); no timing here.
 
 * the encoder and inference LSTMs run padded through the fused kernel, each direction reading
-  only a sentence's real tokens: equal to ``nn.LSTM`` on packed sequences;
+  only a sentence's real tokens: equal to ``nn.LSTM`` on packed sequences (the plain path);
 * the teacher-forced decoder (``decode``) with its bulk products and deferred weight gradients:
-  equal to calling ``step`` once per position;
+  equal to calling ``step`` once per position, and to itself with the fast paths off;
 * the hand-written backward passes of the output layer and linear products: ``gradcheck``;
-* the oneDNN switch (``use_onednn``): same results to float32 rounding either way, and
-  ``VARATTN_MATMUL=torch`` turns it off.
+* the oneDNN products: same results to float32 rounding either way;
+* the switch (``VARATTN_FAST=0``, ``set_enabled``, ``fast_paths``) turns every fast path off, and a
+  whole training step (loss, gradients, Adam update) agrees with it on and off for every mode.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from varattn.latent import emission as emission_module
-from varattn.latent.emission import LinearSoftmaxHead, linear, matmul_nt, use_onednn
+from varattn import kernels
+from varattn.latent import make_objective, mode_names
+from varattn.latent.emission import LinearSoftmaxHead
 from varattn.nmt.batching import collate
-from varattn.nmt.model import LatentAlignmentNMT, ModelConfig, _run_packed
+from varattn.nmt.model import LatentAlignmentNMT, ModelConfig
 
 LENGTHS = [5, 2, 7, 1]
 
@@ -40,7 +42,7 @@ def test_padded_lstm_equals_packed(layers, bidirectional):
     mask = (torch.arange(7)[None, :] < lengths[:, None]).unsqueeze(-1)
     # padding input must not matter: fill it with noise
     noisy = torch.where(mask, x, torch.randn_like(x) * 100)
-    got = _run_packed(lstm, noisy, lengths)
+    got = kernels.lstm_padded(lstm, noisy, lengths)
     want = _reference_lstm(lstm, x, lengths)
     torch.testing.assert_close(got, want)
     assert torch.all(got[~mask.expand_as(got)] == 0)
@@ -105,7 +107,7 @@ def test_decoder_gradients_pass_gradcheck():
     tgt_emb = model.tgt_embed(batch.tgt[:, :-1]).detach().requires_grad_()
 
     def run(emb, mem):
-        e = type(enc)(mem, linear(mem, model.attn_memory.weight), enc.source_mask)
+        e = type(enc)(mem, kernels.linear(mem, model.attn_memory.weight), enc.source_mask)
         q, s = model.decode(emb, e)
         return q, torch.where(torch.isfinite(s), s, torch.zeros_like(s))
 
@@ -118,69 +120,103 @@ def test_output_layer_backward_passes_gradcheck():
     pre = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     gold = torch.randint(0, 9, (6,))
     weight, bias = head.generator.weight, head.generator.bias
-    assert torch.autograd.gradcheck(lambda p, w, b: emission_module._GoldLogSoftmax.apply(torch.tanh(p), w, b, gold),
+    assert torch.autograd.gradcheck(lambda p, w, b: kernels.gold_log_softmax(torch.tanh(p), w, b, gold),
                                     (pre, weight, bias))
-    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, w, b: linear(a, w, b), (x, weight, bias))
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    # the fast linear's hand-written backward (kernels.linear sends float64 to nn.functional.linear)
+    assert torch.autograd.gradcheck(lambda a, w, b: kernels._Linear.apply(a, w, b), (x, weight, bias))
     # equal to the plain autograd expression
     want = torch.log_softmax(head.generator(torch.tanh(pre)), -1).gather(1, gold[:, None]).squeeze(1)
     torch.testing.assert_close(head.log_prob_gold(pre, gold), want)
 
 
+
+
 @pytest.fixture
-def restore_onednn():
-    before = emission_module._ONEDNN
+def switch():
+    """Leave the switch and the oneDNN probe as the test found them."""
+    before = kernels._enabled, kernels._onednn_exact
     yield
-    emission_module._ONEDNN = before
+    kernels._enabled, kernels._onednn_exact = before
 
 
-def test_onednn_switch_keeps_results(restore_onednn):
+def test_onednn_products_keep_results(switch):
     torch.manual_seed(3)
     a, b, bias = torch.randn(33, 20), torch.randn(17, 20), torch.randn(17)
-    results = []
-    for enabled in (False, True):
-        use_onednn(enabled)
-        results.append(matmul_nt(a, b, bias))
-    assert use_onednn(False) is False
-    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(results[0], torch.addmm(bias, a, b.t()), rtol=1e-5, atol=1e-5)
-    # a whole training loss and its gradients agree too
-    model, batch = _model(torch.float32), _batch()
-    from varattn.latent import make_objective
-
-    objective = make_objective("marginal")
-    outs = []
-    for enabled in (False, True):
-        use_onednn(enabled)
-        model.zero_grad()
-        terms = model.loss(batch, objective)
-        terms.surrogate.backward()
-        outs.append((terms.surrogate.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
-    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
-    for g0, g1 in zip(outs[0][1], outs[1][1]):
-        torch.testing.assert_close(g0, g1, rtol=1e-3, atol=1e-6)
+    x = torch.randn(2, 33, 20)
+    want = torch.addmm(bias, a, b.t())
+    for flag in (False, True):
+        with kernels.fast_paths(flag):
+            torch.testing.assert_close(kernels._mm_nt(a, b, bias), want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(kernels.linear(x, b, bias), x @ b.t() + bias, rtol=1e-5, atol=1e-5)
+    # float64 never goes through oneDNN: bit-equal to torch.mm
+    a64, b64 = a.double(), b.double()
+    assert torch.equal(kernels._mm_nt(a64, b64), a64 @ b64.t())
 
 
-def test_environment_turns_onednn_off(monkeypatch, restore_onednn):
-    monkeypatch.setenv("VARATTN_MATMUL", "torch")
-    emission_module._ONEDNN = None
-    assert use_onednn() is False
-    assert use_onednn(True) is False  # the environment wins
-    a, b = torch.randn(4, 3), torch.randn(5, 3)
-    torch.testing.assert_close(matmul_nt(a, b), a @ b.t())
+def test_the_switch(monkeypatch, switch):
+    monkeypatch.setenv(kernels.ENV_VAR, "0")
+    kernels.set_enabled(None)
+    assert kernels.enabled() is False
+    with kernels.fast_paths(True):
+        assert kernels.enabled() is True
+    assert kernels.enabled() is False
+    monkeypatch.setenv(kernels.ENV_VAR, "1")
+    kernels.set_enabled(None)
+    assert kernels.enabled() is True
+    with kernels.fast_paths(False):
+        assert kernels.enabled() is False
+        assert not kernels._use_onednn(torch.randn(2, 2))
+        weight = torch.randn(3, 4, requires_grad=True)
+        assert not isinstance(kernels.step_linear(weight), kernels._BulkGradLinear)
+        # the plain LSTM path is nn.LSTM on packed sequences
+        torch.manual_seed(5)
+        lstm = nn.LSTM(3, 2, batch_first=True, bidirectional=True)
+        x, lengths = torch.randn(2, 4, 3), torch.tensor([4, 2])
+        torch.testing.assert_close(kernels.lstm_padded(lstm, x, lengths), _reference_lstm(lstm, x, lengths))
+    assert kernels.enabled() is True
+    assert isinstance(kernels.step_linear(weight), kernels._BulkGradLinear)
 
 
-def test_other_dtypes_use_torch(restore_onednn):
-    use_onednn(True)
-    a, b = torch.randn(4, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
-    assert torch.equal(matmul_nt(a, b), a @ b.t())
-
-
-def test_probe_leaves_the_random_state_alone(restore_onednn):
+def test_probe_leaves_the_random_state_alone(switch):
     """The first product of a run decides on oneDNN; that must not shift the run's random numbers."""
     torch.manual_seed(4)
     expected = torch.rand(3)
     torch.manual_seed(4)
-    emission_module._ONEDNN = None
-    use_onednn()
+    kernels._onednn_exact = None
+    kernels.onednn_available()
     torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", mode_names())
+def test_training_step_agrees_with_fast_paths_on_and_off(mode, switch):
+    """Loss, every gradient and the parameters after one Adam step, float32, fast paths on against off.
+
+    Tolerance: relative 1e-4 (absolute 1e-5) on the loss, relative 1e-3 (absolute 1e-5) on
+    gradients and updated parameters -- float32 rounding of products summed in another order.
+    Both runs draw the same samples (same seed; dropout is 0, since ``nn.LSTM``'s inter-layer
+    dropout draws its masks differently from the fused path's).
+    """
+    batch = _batch()
+    results = []
+    for flag in (True, False):
+        model = _model(torch.float32)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        objective = make_objective(mode)
+        torch.manual_seed(6)
+        with kernels.fast_paths(flag):
+            terms = model.loss(batch, objective)
+            terms.surrogate.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+        params = {n: p.detach().clone() for n, p in model.named_parameters()}
+        results.append((terms.surrogate.detach(), grads, params))
+    (loss_on, grads_on, params_on), (loss_off, grads_off, params_off) = results
+    assert torch.isfinite(loss_on)
+    torch.testing.assert_close(loss_on, loss_off, rtol=1e-4, atol=1e-5)
+    assert grads_on.keys() == grads_off.keys() and grads_on
+    for name in grads_on:
+        torch.testing.assert_close(grads_on[name], grads_off[name], rtol=1e-3, atol=1e-5, msg=name)
+    for name in params_on:
+        torch.testing.assert_close(params_on[name], params_off[name], rtol=1e-3, atol=1e-5, msg=name)

@@ -16,144 +16,18 @@ memory is bounded by the chunk size in training too).
 
 from __future__ import annotations
 
-import os
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
-# -- matrix products -------------------------------------------------------------------------
-#: whether fp32 CPU products go through oneDNN's kernel (None: not decided yet; see ``use_onednn``)
-_ONEDNN: bool | None = None
-
-
-def _onednn_probe() -> bool:
-    """True when ``torch.ops.mkldnn._linear_pointwise`` exists and computes exact fp32 products."""
-    if os.environ.get("VARATTN_MATMUL", "").lower() == "torch":
-        return False
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return False
-        op = torch.ops.mkldnn._linear_pointwise
-        a = torch.full((3, 5), 1 + 2**-12)  # 1 + 2^-12 does not survive a reduced-precision (bf16/tf32) product
-        b = torch.eye(4, 5)
-        got = op(a, b, None, "none", [], "")
-        if not torch.equal(got, a[:, :4]):
-            return False
-        gen = torch.Generator().manual_seed(0)  # never the global generator: runs must not depend on the probe
-        x = torch.randn(9, 7, dtype=torch.float64, generator=gen)
-        w = torch.randn(6, 7, dtype=torch.float64, generator=gen)
-        return torch.allclose(op(x.float(), w.float(), None, "none", [], "").double(), x @ w.t(), rtol=1e-5,
-                              atol=1e-5)
-    except Exception:  # noqa: BLE001 - a private operator: anything wrong means "do not use it"
-        return False
-
-
-def use_onednn(enabled: bool | None = None) -> bool:
-    """Whether float32 products on the CPU run through oneDNN's fp32 kernel; ``enabled`` sets it.
-
-    PyTorch's CPU products (``torch.mm``, ``nn.Linear``) go to the BLAS it was built with. On
-    some processors that BLAS reaches half of what the cores can do while oneDNN, which PyTorch
-    also ships (its LSTMs use it), reaches nearly all of it: on the AMD EPYC machines this
-    project is measured on, 110 against 240 GFLOP/s per core (``benchmarks/speed.py`` prints
-    both). The heavy products of the model (output layer, decoder steps, projections) therefore
-    call oneDNN when it is there and computes exact fp32 results (checked once on first use);
-    otherwise, for other dtypes and devices, and when the environment variable
-    ``VARATTN_MATMUL=torch`` is set, they use ``torch.mm``. Results agree to float32 rounding
-    either way; a run is deterministic with either.
-    """
-    global _ONEDNN
-    if enabled is not None:
-        _ONEDNN = bool(enabled) and _onednn_probe()
-    elif _ONEDNN is None:
-        _ONEDNN = _onednn_probe()
-    return _ONEDNN
-
-
-def matmul_nt(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``a @ b.T (+ bias)`` for 2-D ``a (N, K)`` and ``b (M, K)`` (any strides); no autograd."""
-    if _onednn_for(a, b, bias):
-        return torch.ops.mkldnn._linear_pointwise(_packed(a), _packed(b), bias, "none", [], "")
-    return torch.mm(a, b.t()) if bias is None else torch.addmm(bias, a, b.t())
-
-
-def _onednn_for(*tensors: Tensor | None) -> bool:
-    """Whether a product of ``tensors`` (None: absent bias) goes through oneDNN."""
-    present = [t for t in tensors if t is not None]
-    return (all(t.dtype == torch.float32 and t.device.type == "cpu" and t.numel() for t in present)
-            and use_onednn())
-
-
-def _packed(t: Tensor) -> Tensor:
-    """``t`` if it or its transpose is contiguous (oneDNN is slow on other strides), else a contiguous copy."""
-    return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
-
-
-def grad_input(grad: Tensor, weight: Tensor) -> Tensor:
-    """``grad @ weight``: the input gradient of ``x @ weight.T``."""
-    if not _onednn_for(grad, weight):
-        return torch.mm(grad, weight)
-    # oneDNN: a contiguous transpose is faster for many rows; for a few, the copy costs more than the product
-    return matmul_nt(grad, weight.t().contiguous() if grad.shape[0] >= 256 else weight.t())
-
-
-def grad_weight(grad: Tensor, x: Tensor) -> Tensor:
-    """``grad.T @ x``: the weight gradient of ``x @ weight.T``."""
-    if not _onednn_for(grad, x):
-        return torch.mm(grad.t(), x)
-    return matmul_nt(x.t(), grad.t()).t().contiguous()  # oneDNN is faster at (x.T @ grad).T
-
-
-class _Linear(torch.autograd.Function):
-    """``x @ W^T + b`` for 2-D ``x``, every product through ``matmul_nt``."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return matmul_nt(x, weight, bias)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        return (
-            grad_input(grad, weight) if need_x else None,
-            grad_weight(grad, x) if need_w else None,
-            grad.sum(0) if ctx.has_bias and need_b else None,
-        )
-
-
-def autocast_on(device: torch.device) -> bool:
-    """Whether ``torch.autocast`` is active for ``device``'s type (``cpu``, ``cuda``) right now.
-
-    Under autocast the fast paths of this module step aside: products go through
-    ``nn.functional.linear``, which autocast casts to its lower precision, and the output
-    layer's log-softmax runs in float32.
-    """
-    return torch.is_autocast_enabled(device.type)
+from varattn import kernels
 
 
 def full_precision(x: Tensor) -> Tensor:
     """``x`` in float32 when autocast made it bfloat16 or float16; float32 and float64 stay as they are."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``nn.functional.linear`` with its products through ``matmul_nt`` (``x`` of any rank >= 1)."""
-    if autocast_on(x.device):
-        return nn.functional.linear(x, weight, bias)
-    lead = x.shape[:-1]
-    flat = x.reshape(-1, x.shape[-1])
-    needs_grad = x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
-    if torch.is_grad_enabled() and needs_grad:
-        out = _Linear.apply(flat, weight, bias)
-    else:
-        out = matmul_nt(flat, weight, bias)
-    return out.reshape(*lead, weight.shape[0])
 
 
 class Emission(Protocol):
@@ -300,37 +174,6 @@ class ContextEmission:
         return run(self.query_pre, self.memory_pre)
 
 
-class _GoldLogSoftmax(torch.autograd.Function):
-    """``log_softmax(hidden @ W^T + b)`` at the gold labels, with a hand-written backward.
-
-    The gradient with respect to the logits is ``g * (onehot(gold) - softmax)``, built from the
-    saved log-probabilities in two passes over the ``(N, V)`` block, instead of the half dozen
-    that separate ``logsumexp``, ``gather`` and subtraction nodes of autograd make. Saves one
-    ``(N, V)`` block, as autograd would.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, gold: Tensor) -> Tensor:
-        log_probs = torch.log_softmax(matmul_nt(hidden, weight, bias), 1)  # (N, V)
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(hidden, weight, gold, log_probs)
-        return log_probs.gather(1, gold.unsqueeze(1)).squeeze(1)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        hidden, weight, gold, log_probs = ctx.saved_tensors
-        grad_logits = torch.exp(log_probs).mul_(-grad.unsqueeze(1))
-        grad_logits.scatter_add_(1, gold.unsqueeze(1), grad.unsqueeze(1))
-        need_hidden, need_weight, need_bias, _ = ctx.needs_input_grad
-        return (
-            grad_input(grad_logits, weight) if need_hidden else None,
-            grad_weight(grad_logits, hidden) if need_weight else None,
-            grad_logits.sum(0) if ctx.has_bias and need_bias else None,
-            None,
-        )
-
-
 class LinearSoftmaxHead(nn.Module):
     """The paper's output layer: ``softmax(W_gen · drop(tanh(W_out [q ; c] + b)))``.
 
@@ -350,10 +193,10 @@ class LinearSoftmaxHead(nn.Module):
         self.generator = nn.Linear(hidden_dim, num_classes)
 
     def query_part(self, query: Tensor) -> Tensor:
-        return linear(query, self.query_proj.weight, self.query_proj.bias)
+        return kernels.linear(query, self.query_proj.weight, self.query_proj.bias)
 
     def context_part(self, context: Tensor) -> Tensor:
-        return linear(context, self.context_proj.weight, self.context_proj.bias)
+        return kernels.linear(context, self.context_proj.weight, self.context_proj.bias)
 
     def hidden(self, pre: Tensor) -> Tensor:
         """``(..., D) -> (..., D)``: the non-linearity and dropout before the generator."""
@@ -361,7 +204,7 @@ class LinearSoftmaxHead(nn.Module):
 
     def log_probs(self, pre: Tensor) -> Tensor:
         """``(..., D) -> (..., V)`` full output distribution (for decoding)."""
-        logits = linear(self.hidden(pre), self.generator.weight, self.generator.bias)
+        logits = kernels.linear(self.hidden(pre), self.generator.weight, self.generator.bias)
         return torch.log_softmax(full_precision(logits), dim=-1)  # float32 under autocast too
 
     def mixture(self, pre: Tensor, weights: Tensor, rows: Tensor, num_rows: int,
@@ -384,6 +227,4 @@ class LinearSoftmaxHead(nn.Module):
 
     def log_prob_gold(self, pre: Tensor, gold: Tensor) -> Tensor:
         """``pre (N, D)``, ``gold (N,)`` -> ``(N,)`` ``log softmax(generator(hidden(pre)))[gold]``."""
-        if autocast_on(pre.device):
-            return self.log_probs(pre).gather(1, gold.unsqueeze(1)).squeeze(1)
-        return _GoldLogSoftmax.apply(self.hidden(pre), self.generator.weight, self.generator.bias, gold)
+        return kernels.gold_log_softmax(self.hidden(pre), self.generator.weight, self.generator.bias, gold)

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from varattn import kernels
 from varattn.latent import AlignmentProblem, ContextEmission, LinearSoftmaxHead, LossTerms, Objective, Scores
-from varattn.latent.emission import autocast_on, full_precision, grad_input, grad_weight, linear, matmul_nt
+from varattn.latent.emission import full_precision
 from varattn.nmt.batching import Batch
 
 NEG_INF = float("-inf")
@@ -49,119 +50,6 @@ class ModelConfig:
         return cls(**known)
 
 
-def _reverse_within(x: Tensor, lengths: Tensor) -> Tensor:
-    """Reverse each row of ``x (B, L, ...)`` within its first ``lengths[b]`` positions; padding stays put."""
-    pos = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, L)
-    lengths = lengths.to(x.device)[:, None]
-    index = torch.where(pos < lengths, lengths - 1 - pos, pos)  # (B, L), an involution
-    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x))
-
-
-def _layer_params(lstm: nn.LSTM, layer: int, suffix: str = "") -> list[Tensor]:
-    names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if lstm.bias else [])
-    return [getattr(lstm, f"{name}_l{layer}{suffix}") for name in names]
-
-
-def _run_packed(lstm: nn.LSTM, inputs: Tensor, lengths: Tensor) -> Tensor:
-    """Run ``lstm`` over ``inputs (B, L, E)`` with real ``lengths (B,)``: ``(B, L, H)``, 0 at padding.
-
-    The result is that of ``lstm`` on the packed sequences (each direction reads only a
-    sentence's real tokens), but no packed sequence is built: on the CPU, PyTorch runs packed
-    LSTMs one time step at a time, while padded ones go through the fused (oneDNN) kernel,
-    about twice as fast. So each layer and direction runs padded: the forward direction on
-    the batch as it is (padding comes after every real token), the backward direction on the
-    batch with every sentence reversed within its length, then reversed back. Dropout between
-    layers is applied as ``nn.LSTM`` does (to each layer's output but the last, in training).
-    """
-    if not (lstm.batch_first and lstm.proj_size == 0):
-        raise ValueError("expected a batch_first LSTM without projections")
-    batch, steps = inputs.shape[:2]
-    lengths = lengths.to(inputs.device)
-    mask = (torch.arange(steps, device=inputs.device)[None, :] < lengths[:, None]).unsqueeze(-1)  # (B, L, 1)
-    zeros = inputs.new_zeros(1, batch, lstm.hidden_size)
-    x = inputs
-    for layer in range(lstm.num_layers):
-        if layer > 0 and lstm.dropout > 0 and lstm.training:
-            x = nn.functional.dropout(x, lstm.dropout, True)
-        outputs = []
-        for suffix in ["", "_reverse"] if lstm.bidirectional else [""]:
-            seq = x if not suffix else _reverse_within(x, lengths)
-            out = torch.lstm(seq, (zeros, zeros), _layer_params(lstm, layer, suffix), lstm.bias, 1, 0.0,
-                             lstm.training, False, True)[0]
-            outputs.append(out if not suffix else _reverse_within(out, lengths))
-        x = torch.cat(outputs, -1) if len(outputs) > 1 else outputs[0]
-    return x.masked_fill(~mask, 0.0)
-
-
-class _GradBank:
-    """The inputs and output gradients of one weight's per-step products (see ``_StepProduct``)."""
-
-    def __init__(self):
-        self.inputs: list[Tensor] = []
-        self.grads: list[Tensor | None] = []
-
-
-class _BankToken(torch.autograd.Function):
-    """Links a weight to its ``_GradBank``: a scalar through which the weight's gradient arrives.
-
-    Its backward runs once every per-step product that used the weight has run its own (they
-    all depend on the token), and computes the weight gradient ``sum_t g_t^T x_t`` as one
-    matrix product over all steps instead of one small product (and one accumulation of a
-    weight-sized tensor) per step.
-    """
-
-    @staticmethod
-    def forward(ctx, weight: Tensor, bank: _GradBank) -> Tensor:
-        ctx.bank = bank
-        return weight.new_zeros(())
-
-    @staticmethod
-    def backward(ctx, _grad: Tensor):
-        bank = ctx.bank
-        used = [i for i, g in enumerate(bank.grads) if g is not None]
-        if not used:
-            return None, None
-        grads = torch.cat([bank.grads[i] for i in used])
-        inputs = torch.cat([bank.inputs[i] for i in used])
-        bank.grads = [None] * len(bank.grads)
-        return grad_weight(grads, inputs), None
-
-
-class _StepProduct(torch.autograd.Function):
-    """``x @ weight.T`` for one decoder step; the weight's gradient is left to its ``_BankToken``."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, token: Tensor, bank: _GradBank) -> Tensor:
-        ctx.bank, ctx.index = bank, len(bank.inputs)
-        bank.inputs.append(x.detach())
-        bank.grads.append(None)
-        ctx.save_for_backward(weight)
-        return matmul_nt(x, weight)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (weight,) = ctx.saved_tensors
-        ctx.bank.grads[ctx.index] = grad
-        grad_x = grad_input(grad, weight) if ctx.needs_input_grad[0] else None
-        return grad_x, None, grad.new_zeros(()), None
-
-
-class _StepLinear:
-    """A weight used once per decoder step, with the weight gradient taken in bulk when needed."""
-
-    def __init__(self, weight: Tensor):
-        self.weight = weight
-        self.bank = None
-        if torch.is_grad_enabled() and weight.requires_grad and not autocast_on(weight.device):
-            self.bank = _GradBank()
-            self.token = _BankToken.apply(weight, self.bank)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if self.bank is None:  # no weight gradient wanted (inputs may still want theirs)
-            return linear(x, self.weight)
-        return _StepProduct.apply(x, self.weight, self.token, self.bank)
-
-
 def _lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     """``nn.LSTMCell``'s update from its summed gate pre-activations ``(B, 4H)`` (order i, f, g, o)."""
     i, f, g, o = gates.chunk(4, 1)
@@ -188,9 +76,9 @@ class InferenceNetwork(nn.Module):
 
     def forward(self, src_emb: Tensor, src_lengths: Tensor, tgt_emb: Tensor, tgt_lengths: Tensor) -> Tensor:
         """``src_emb (B, S, E)``, ``tgt_emb (B, T, E)`` -> scores ``(B, T, S)`` (unmasked)."""
-        src_h = _run_packed(self.src_rnn, src_emb, src_lengths)  # (B, S, 2h)
-        tgt_h = _run_packed(self.tgt_rnn, tgt_emb, tgt_lengths)  # (B, T, 2h)
-        return torch.bmm(linear(tgt_h, self.bilinear.weight), src_h.transpose(1, 2))  # (B, T, S)
+        src_h = kernels.lstm_padded(self.src_rnn, src_emb, src_lengths)  # (B, S, 2h)
+        tgt_h = kernels.lstm_padded(self.tgt_rnn, tgt_emb, tgt_lengths)  # (B, T, 2h)
+        return torch.bmm(kernels.linear(tgt_h, self.bilinear.weight), src_h.transpose(1, 2))  # (B, T, S)
 
 
 @dataclass
@@ -260,9 +148,9 @@ class LatentAlignmentNMT(nn.Module):
         """``src (B, S)`` -> ``Encoded`` (memory ``(B, S, Dm)``)."""
         if src_emb is None:
             src_emb = self.dropout(self.src_embed(src))
-        memory = _run_packed(self.encoder, src_emb, src_lengths)  # (B, S, Dm)
+        memory = kernels.lstm_padded(self.encoder, src_emb, src_lengths)  # (B, S, Dm)
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < src_lengths[:, None].to(src.device)
-        return Encoded(memory, linear(memory, self.attn_memory.weight), mask)
+        return Encoded(memory, kernels.linear(memory, self.attn_memory.weight), mask)
 
     # -- decoder -------------------------------------------------------------------------
     def initial_state(self, batch_size: int, device: torch.device) -> DecoderState:
@@ -290,12 +178,13 @@ class LatentAlignmentNMT(nn.Module):
         hidden = []
         for i, cell in enumerate(self.cells):
             h, c = state.hidden[i]
-            gates = linear(x, cell.weight_ih, cell.bias_ih) + linear(h, cell.weight_hh, cell.bias_hh)
+            gates = (kernels.linear(x, cell.weight_ih, cell.bias_ih)
+                     + kernels.linear(h, cell.weight_hh, cell.bias_hh))  # (B, 4H)
             h, c = _lstm_pointwise(gates, c)  # what cell(x, (h, c)) computes, with faster products
             hidden.append((h, c))
             x = self.dropout(h) if i + 1 < len(self.cells) else h
         query = x  # (B, Dd)
-        energy = torch.tanh(linear(query, self.attn_query.weight).unsqueeze(1) + enc.memory_proj)  # (B, S, A)
+        energy = torch.tanh(kernels.linear(query, self.attn_query.weight).unsqueeze(1) + enc.memory_proj)  # (B, S, A)
         scores = full_precision(self.attn_v(energy).squeeze(-1)).masked_fill(~enc.source_mask, NEG_INF)  # (B, S)
         scores = truncate_topk(scores, topk)
         context = torch.bmm(torch.softmax(scores, -1).unsqueeze(1), enc.memory).squeeze(1)  # (B, Dm)
@@ -308,7 +197,7 @@ class LatentAlignmentNMT(nn.Module):
         everything that does not depend on the previous step runs once for all steps (the
         embeddings' share of the first layer's gates), each cell's two products are one
         (``[x ; h] @ [W_ih ; W_hh]^T``), and the weight gradients of the per-step products are
-        taken in one product over all steps in the backward pass (``_StepLinear``).
+        taken through ``kernels.step_linear`` (in one product over all steps on the fast path).
         """
         batch, steps, emb_dim = tgt_emb.shape
         if steps == 0:
@@ -317,13 +206,13 @@ class LatentAlignmentNMT(nn.Module):
         cells = list(self.cells)
         first = cells[0]
         first_bias = first.bias_ih + first.bias_hh if first.bias else None
-        emb_gates = linear(tgt_emb, first.weight_ih[:, :emb_dim], first_bias).unbind(1)
-        recurrent = [_StepLinear(torch.cat([first.weight_ih[:, emb_dim:], first.weight_hh], 1))]
+        emb_gates = kernels.linear(tgt_emb, first.weight_ih[:, :emb_dim], first_bias).unbind(1)
+        recurrent = [kernels.step_linear(torch.cat([first.weight_ih[:, emb_dim:], first.weight_hh], 1))]
         biases: list[Tensor | None] = [None]
         for cell in cells[1:]:
-            recurrent.append(_StepLinear(torch.cat([cell.weight_ih, cell.weight_hh], 1)))
+            recurrent.append(kernels.step_linear(torch.cat([cell.weight_ih, cell.weight_hh], 1)))
             biases.append(cell.bias_ih + cell.bias_hh if cell.bias else None)
-        attn_query = _StepLinear(self.attn_query.weight)
+        attn_query = kernels.step_linear(self.attn_query.weight)
         state = self.initial_state(batch, tgt_emb.device)
         hidden = [h for h, _ in state.hidden]
         memory_cell = [c for _, c in state.hidden]
