@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py [--configs small,iwslt14] [--modes soft,var-sample,...] [--repeats 3]
                                [--min-seconds 5] [--enum-repeats 2] [--batches 2] [--threads N] [--json]
-                               [--markdown PATH]
+                               [--markdown PATH] [--plain]
 
 For each shipped config (``small``, ``iwslt14``) and each mode of ``varattn.latent.mode_names()``,
 one subprocess builds the model with that config's sizes, the vocabularies of the IWSLT'14 *valid*
@@ -30,6 +30,9 @@ pairs, then measures:
   the model as left by the timed steps. That model is untrained and would stop its outputs at
   random lengths, so every output is forced to its source's length (``max_len_a=1``,
   ``max_len_b=0`` and a prohibitive ``eos_norm``), about what a trained model writes on this data.
+
+``--plain`` measures with every fast path of ``varattn.kernels`` off (``VARATTN_FAST=0`` in the
+workers' environment; the machine line records which).
 
 ``--json`` prints one JSON object (``machine``, then ``results[config][mode]``); a markdown table
 with the machine description is written to ``docs/benchmarks.md`` or ``--markdown PATH``
@@ -113,6 +116,7 @@ def machine(threads: int, device: str = "cpu", precision: str = "fp32") -> dict:
         "python": platform.python_version(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "fast_paths": os.environ.get("VARATTN_FAST", "1").strip().lower() not in ("0", "false", "no", "off"),
     }
 
 
@@ -372,7 +376,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"Machine: {gpu}{mach['cpu']}, {mach['cores']} cores, {mach['threads']} threads, torch {mach['torch']}, "
         f"Python {mach['python']}, {mach['date']} (1-min load average at start {_fmt(mach['load_average'], 2)}).",
-        f"Device {mach.get('device', 'cpu')}, training precision {mach.get('precision', 'fp32')} (decoding in fp32).",
+        f"Device {mach.get('device', 'cpu')}, training precision {mach.get('precision', 'fp32')} (decoding in fp32)"
+        + ("." if mach.get("fast_paths", True) else "; fast paths off (VARATTN_FAST=0)."),
         f"Matrix-multiply peak ({size}, {mach['threads']} threads): fp32 torch.mm "
         f"{peak['torch_mm_gflops']:.0f} GFLOP/s; fp32 oneDNN {_fmt(peak['onednn_gflops'], 0)} GFLOP/s{bf16}.",
         "",
@@ -443,6 +448,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. model.enum_chunk_rows=4096")
     parser.add_argument("--data", default=None, help="directory with valid.de.bpe / valid.en.bpe")
+    parser.add_argument("--plain", action="store_true",
+                        help="every fast path of varattn.kernels off (VARATTN_FAST=0 in the workers)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("--markdown", default=str(REPO / "docs" / "benchmarks.md"),
                         help="file to write the table into ('-': none)")
@@ -470,6 +477,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (data / "valid.de.bpe").is_file():
         parser.error(f"no valid.de.bpe in {data}: give --data or set VARATTN_DATA")
     modes = args.modes.split(",") if args.modes else mode_names()
+    if args.plain:
+        os.environ["VARATTN_FAST"] = "0"  # inherited by the worker processes
     report = {"machine": machine(args.threads, args.device, args.precision),
               "matmul_peak": matmul_peak(args.threads, args.device, args.precision), "results": {}}
     for config in args.configs.split(","):

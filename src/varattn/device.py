@@ -79,7 +79,7 @@ def precision_context(device: torch.device, precision: str) -> contextlib.Abstra
 
     Under bf16 autocast the products (LSTMs, projections, output layer) run in bfloat16 while
     the parameters, the softmaxes over alignments and vocabulary, the losses and the gradients
-    stay float32 (see ``varattn.latent.emission.autocast_on``).
+    stay float32 (see ``varattn.kernels``).
     """
     check_precision(device, precision)
     dtype = PRECISIONS[precision]

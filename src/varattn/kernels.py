@@ -20,8 +20,9 @@ computes the same result (to float32 rounding) faster on the CPU:
 
 The switch: the environment variable ``VARATTN_FAST=0`` turns every fast path off (the plain
 PyTorch path runs), as do ``set_enabled(False)`` and the context manager ``fast_paths(False)``.
-Under ``torch.autocast`` the fast paths step aside by themselves (autocast casts the plain
-products to its lower precision). ``tests/test_speed_options.py`` checks that both paths give
+Under ``torch.autocast`` the fast products (``linear``, ``gold_log_softmax``, ``step_linear``) step
+aside by themselves (autocast casts the plain products to its lower precision); ``lstm_padded``'s
+fused kernel runs under autocast as ``nn.LSTM``'s does. ``tests/test_speed_options.py`` checks that both paths give
 the same values and gradients. This module knows no task: it depends on torch only.
 """
 
