@@ -192,8 +192,9 @@ def test_probe_leaves_the_random_state_alone(switch):
 def test_training_step_agrees_with_fast_paths_on_and_off(mode, switch):
     """Loss, every gradient and the parameters after one Adam step, float32, fast paths on against off.
 
-    Tolerance: relative 1e-4 (absolute 1e-5) on the loss, relative 1e-3 (absolute 1e-5) on
-    gradients and updated parameters -- float32 rounding of products summed in another order.
+    Tolerance: relative 1e-5 on the loss, relative 1e-4 (absolute 1e-6) on gradients and updated
+    parameters -- float32 rounding of products summed in another order (measured: at most 1e-5
+    relative on the gradients).
     Both runs draw the same samples (same seed; dropout is 0, since ``nn.LSTM``'s inter-layer
     dropout draws its masks differently from the fused path's).
     """
@@ -214,9 +215,9 @@ def test_training_step_agrees_with_fast_paths_on_and_off(mode, switch):
         results.append((terms.surrogate.detach(), grads, params))
     (loss_on, grads_on, params_on), (loss_off, grads_off, params_off) = results
     assert torch.isfinite(loss_on)
-    torch.testing.assert_close(loss_on, loss_off, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss_on, loss_off, rtol=1e-5, atol=0)
     assert grads_on.keys() == grads_off.keys() and grads_on
     for name in grads_on:
-        torch.testing.assert_close(grads_on[name], grads_off[name], rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(grads_on[name], grads_off[name], rtol=1e-4, atol=1e-6, msg=name)
     for name in params_on:
-        torch.testing.assert_close(params_on[name], params_off[name], rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(params_on[name], params_off[name], rtol=1e-4, atol=1e-6, msg=name)
