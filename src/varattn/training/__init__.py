@@ -1,0 +1,1 @@
+"""The task-agnostic training core: loop, optimizer and schedule, resume, checkpoints, metrics."""
