@@ -371,11 +371,17 @@ def save_checkpoint(
 
 
 def _looks_pickled(head: bytes) -> bool:
-    """Pickle protocol >= 2 starts with 0x80; ``torch.save`` (since 1.6) writes a zip archive."""
+    """Pickle protocol >= 2 starts with 0x80; ``torch.save`` (since 1.6) writes a zip archive.
+
+    A safetensors file starts with its header's length (8 bytes, little-endian: the first byte is
+    0x80 for one header size in 256) followed by the JSON header's ``{``: such a file is not a pickle.
+    """
+    if head[8:9] == b"{":
+        return False
     return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
 
 
-def _read_head(path: Path, n: int = 8) -> bytes:
+def _read_head(path: Path, n: int = 9) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(n)
 
