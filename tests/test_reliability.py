@@ -542,12 +542,35 @@ def test_empty_lines_are_dropped_in_pairs_and_counted(tmp_path, capsys, caplog):
     ("setting", "needle"),
     [("lr=fast", "lr must be a number"), ("batch_size=abc", "batch_size must be an integer"),
      ("lr=-0.1", "lr must be positive"), ("save_every=-5", "save_every must be a non-negative integer"),
-     ("log_every=0", "log_every must be a positive integer"), ("synthetic_sizes=[10]", "synthetic_sizes")],
+     ("log_every=0", "log_every must be a positive integer"), ("synthetic_sizes=[10]", "synthetic_sizes"),
+     ("model.dropout=abc", "model.dropout must be a number, got 'abc'"),
+     ("model.dropout=1", "model.dropout must be in [0, 1)"),
+     ("model.embed_dim=0", "model.embed_dim must be a positive integer"),
+     ("model.embed_dim=2.5", "model.embed_dim must be an integer"),
+     ("model.hidden=3", "unknown model config keys: hidden"),
+     ("model.src_vocab_size=9", "model.src_vocab_size is set from the data"),
+     ("objective.num_samples=2", "unknown objective options: num_samples"),  # var-enum takes none
+     ("precision=fp16", "precision must be fp32 or bf16"),
+     ("max_bad_steps=yes", "max_bad_steps must be an integer"), ("colour=red", "unknown config keys: colour")],
 )
 def test_bad_config_values_are_one_line_errors(tmp_path, capsys, setting, needle):
     code, _, err = _cli(capsys, "train", "--out", tmp_path / "run", "--max-steps", 1, f"--set={setting}")
     assert code == 2 and needle in _one_line_error(err)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("mode", "setting", "needle", "good"), [
+    ("var-sample", "objective.num_samples=0", "objective.num_samples must be a positive integer", "2"),
+    ("var-sample", "objective.baseline=maybe", "objective.baseline must be true or false", "false"),
+    ("var-gumbel", "objective.temperature=-1", "objective.temperature must be positive", "0.5"),
+    ("var-relaxed", "objective.warmup_steps=-2", "objective.warmup_steps must be a non-negative integer", "0"),
+])
+def test_objective_options_are_checked_against_the_mode(tmp_path, capsys, mode, setting, needle, good):
+    code, _, err = _cli(capsys, "train", "--mode", mode, "--out", tmp_path / "run", "--max-steps", 1,
+                        f"--set={setting}")
+    assert code == 2 and needle in _one_line_error(err)
+    assert not (tmp_path / "run").exists()
+    assert load_config("toy", {"mode": mode}, [setting.split("=")[0] + "=" + good]).objective  # a good one passes
 
 
 def test_numbers_yaml_reads_as_strings_are_numbers():
