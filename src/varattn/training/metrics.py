@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from varattn.errors import VarattnError
+from varattn.extras import summary_writer
 from varattn.training.task import Heatmap
 
 log = logging.getLogger("varattn")
@@ -45,12 +47,9 @@ class MetricsLog:
         self.writer = None
         if tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                log.warning("tensorboard is not installed: metrics go to %s only (pip install tensorboard, "
-                            "or train with --no-tensorboard to silence this)", METRICS_FILE)
-            else:
-                self.writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge_step)
+                self.writer = summary_writer(Path(run_dir) / "tb", purge_step=purge_step)
+            except VarattnError as exc:  # the tensorboard extra is not installed
+                log.warning("%s; metrics go to %s only (--no-tensorboard silences this)", exc, METRICS_FILE)
 
     def write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
