@@ -191,8 +191,8 @@ def run_ours(data: Path, batch_size: int, steps: int, report_every: int, threads
     from varattn.nmt.batching import bucket_batches, collate
     from varattn.nmt.config import load_config
     from varattn.nmt.model import LatentAlignmentNMT
-    from varattn.nmt.train import Trainer
     from varattn.nmt.vocab import Vocab
+    from varattn.training import Trainer
 
     torch.set_num_threads(threads)
     cfg = load_config("iwslt14", {"mode": "soft", "batch_size": batch_size}, OUR_SETS)

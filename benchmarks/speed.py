@@ -228,9 +228,12 @@ def _reset_peak() -> bool:
 
 def trainer_stand_in(cfg, model, objective, device) -> types.SimpleNamespace:
     """What ``Trainer.update`` reads, so that it can be timed alone (a Trainer also owns files and data)."""
-    from varattn.nmt.train import TrainerState, make_optimizer
+    from varattn.nmt.task import NMTTask
+    from varattn.training import TrainerState, make_optimizer
 
-    return types.SimpleNamespace(cfg=cfg, state=TrainerState(lr=cfg.lr), objective=objective, model=model,
+    task = NMTTask(cfg)
+    task.objective = objective
+    return types.SimpleNamespace(cfg=cfg, state=TrainerState(lr=cfg.lr), task=task, model=model,
                                  optimizer=make_optimizer(model, cfg.lr), device=device)
 
 
@@ -240,7 +243,7 @@ def measure(config: str, mode: str, args) -> dict:
     from varattn.latent import make_objective
     from varattn.nmt.config import load_config
     from varattn.nmt.model import LatentAlignmentNMT
-    from varattn.nmt.train import Trainer
+    from varattn.training import Trainer
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

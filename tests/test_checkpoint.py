@@ -120,6 +120,31 @@ def test_round_trip_is_bit_identical(tmp_path):
     assert len(record["weights_sha256"]) == 64
 
 
+def test_a_header_length_starting_with_the_pickle_byte_is_still_safetensors(tmp_path):
+    # safetensors files start with the header length (u64, little-endian); when its low byte is 0x80 --
+    # the first byte of a pickle -- the file must still load. Find a tensor name giving such a header.
+    for n in range(1, 600):
+        target = tmp_path / f"ck{n}"
+        tensors = {"w" * n: torch.arange(3.0)}
+        save_checkpoint(target, tensors, {"n": n})
+        if (target / "weights.safetensors").read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no tensor name gave a header length with low byte 0x80")
+    loaded, meta = load_checkpoint(target)
+    assert meta == {"n": n} and same_bits(loaded["w" * n], torch.arange(3.0))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_files_follow_the_umask_in_effect_when_written(tmp_path):
+    old = os.umask(0o027)  # not the one at import time: nothing may be cached then
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+        assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
 def test_overwrite_replaces_and_leaves_nothing_behind(tmp_path):
     target = tmp_path / "ck"
     save_checkpoint(target, {"x": torch.zeros(3)}, {"v": 1})

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import varattn
-import varattn.nmt.train as train_module
+import varattn.nmt.task as task_module
 from varattn.checkpoint import load_checkpoint
 from varattn.cli import main
 from varattn.errors import VarattnError
@@ -31,7 +31,9 @@ from varattn.latent.objectives import LossTerms
 from varattn.nmt.config import TrainConfig, load_config
 from varattn.nmt.data import prepare_run_data, read_pairs
 from varattn.nmt.text import Segmenter
-from varattn.nmt.train import Trainer, train
+from varattn.nmt.train import train
+from varattn.nmt.train import trainer as make_trainer
+from varattn.training import Trainer
 
 # Sizes as in test_nmt.py; one thread, so that runs in and out of process do the same arithmetic.
 TINY = [
@@ -114,7 +116,7 @@ def _crash_at(trainer: Trainer, step: int) -> None:
 def test_stop_crash_and_resume_equal_one_uninterrupted_run(tmp_path, monkeypatch, mode):
     # Every validation after the first counts as "worse", so the learning rate halves at steps 16 and 24:
     # the schedule's state must survive the resume as well.
-    monkeypatch.setattr(train_module, "_valid_metric", lambda result: 1.0)
+    monkeypatch.setattr(task_module, "valid_metric", lambda result: 1.0)
     extra = ["model.dropout=0.1", "save_every=3", "log_every=2", "decay_start_epoch=1"]
     steps = 26  # 8 updates per epoch: validations at 8, 16, 24 and 26
 
@@ -123,7 +125,7 @@ def test_stop_crash_and_resume_equal_one_uninterrupted_run(tmp_path, monkeypatch
     # Stop at a validation (8 updates), then continue to 26 and crash before update 23 (saved at 21).
     split = tmp_path / "split"
     train(_config(mode, 8, *extra), split, progress=False, tensorboard=False)
-    trainer = Trainer(_config(mode, steps, *extra), split, resume=True, progress=False, tensorboard=False)
+    trainer = make_trainer(_config(mode, steps, *extra), split, resume=True, progress=False, tensorboard=False)
     _crash_at(trainer, 23)
     with pytest.raises(Crash):
         trainer.train()
@@ -131,7 +133,7 @@ def test_stop_crash_and_resume_equal_one_uninterrupted_run(tmp_path, monkeypatch
 
     torch.manual_seed(12345)  # whatever happened in between must not matter
     random.seed(6789)
-    trainer = Trainer(_config(mode, steps, *extra), split, resume=True, progress=False, tensorboard=False)
+    trainer = make_trainer(_config(mode, steps, *extra), split, resume=True, progress=False, tensorboard=False)
     assert trainer.state.step == 21 and trainer.state.epoch == 2 and trainer.state.batch_in_epoch == 5
     assert trainer.state.lr == pytest.approx(trainer.cfg.lr / 2)
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [trainer.state.lr]
@@ -143,26 +145,30 @@ def test_stop_crash_and_resume_equal_one_uninterrupted_run(tmp_path, monkeypatch
     assert [r["step"] for r in records if r["split"] == "train"] == list(range(2, 27, 2))
 
 
-def test_resume_restores_every_rng_and_the_learning_rate(tmp_path):
+def test_resume_restores_the_rng_and_the_learning_rate(tmp_path):
     run_dir = tmp_path / "r"
-    trainer = Trainer(_config("var-sample", 5, "save_every=0"), run_dir, progress=False, tensorboard=False)
+    trainer = make_trainer(_config("var-sample", 5, "save_every=0"), run_dir, progress=False, tensorboard=False)
     trainer.state.lr = 1.25e-4
     for group in trainer.optimizer.param_groups:
         group["lr"] = 0.5  # stale: the counter is what the schedule follows
     torch.manual_seed(3)
+    expected = torch.get_rng_state()
+    trainer.save_resume()
+    torch.manual_seed(0)
+    again = make_trainer(_config("var-sample", 5, "save_every=0"), run_dir, resume=True, progress=False,
+                         tensorboard=False)
+    assert [g["lr"] for g in again.optimizer.param_groups] == [1.25e-4]
+    assert torch.equal(torch.get_rng_state(), expected)
+
+
+def test_training_leaves_python_and_numpy_generators_alone(tmp_path):
+    # Only torch's generator is saved with resume/: nothing in training may draw from the others.
     random.seed(4)
     np.random.seed(5)
-    expected = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
-    trainer._save_resume()
-    torch.manual_seed(0)
-    random.seed(0)
-    np.random.seed(0)
-    again = Trainer(_config("var-sample", 5, "save_every=0"), run_dir, resume=True, progress=False,
-                    tensorboard=False)
-    assert [g["lr"] for g in again.optimizer.param_groups] == [1.25e-4]
-    assert torch.equal(torch.get_rng_state(), expected[0])
-    assert random.getstate() == expected[1]
-    assert (np.random.get_state()[1] == expected[2]).all()
+    expected = (random.getstate(), np.random.get_state()[1].copy())
+    train(_config("var-sample", 3, "model.dropout=0.1"), tmp_path / "r", progress=False, tensorboard=False)
+    assert random.getstate() == expected[0]
+    assert (np.random.get_state()[1] == expected[1]).all()
 
 
 def test_resume_errors_are_clear(tmp_path, capsys):
@@ -184,7 +190,7 @@ def test_resume_errors_are_clear(tmp_path, capsys):
 
     # a different configuration is not a resume
     with pytest.raises(VarattnError, match="lr"):
-        Trainer(_config("soft", 5, "lr=0.1"), run_dir, resume=True, progress=False, tensorboard=False)
+        make_trainer(_config("soft", 5, "lr=0.1"), run_dir, resume=True, progress=False, tensorboard=False)
 
     # no resume/ (the run died before its first save)
     shutil.rmtree(run_dir / "resume")
@@ -222,10 +228,10 @@ def test_resume_from_files_reuses_the_saved_segmentation(tmp_path):
     # corpora that changed under the run: the batch order would not be the same
     _write_corpus(data, "valid", [src[1], src[0], *src[2:]], [tgt[1], tgt[0], *tgt[2:]])
     with pytest.raises(VarattnError, match="data changed"):
-        Trainer(_config("soft", 12, *sets, **files), split, resume=True, progress=False, tensorboard=False)
+        make_trainer(_config("soft", 12, *sets, **files), split, resume=True, progress=False, tensorboard=False)
     _write_corpus(data, "train", [*src, "ganz neue wörter"], [*tgt, "brand new words"])
     with pytest.raises(VarattnError, match="training data changed"):
-        Trainer(_config("soft", 12, *sets, **files), split, resume=True, progress=False, tensorboard=False)
+        make_trainer(_config("soft", 12, *sets, **files), split, resume=True, progress=False, tensorboard=False)
 
 
 # -- 2. SIGKILL during training -------------------------------------------------------------------
@@ -293,6 +299,44 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     _assert_same_runs(tmp_path / "straight", run_dir)
 
 
+# -- 2b. Ctrl-C / SIGTERM: a graceful stop -------------------------------------------------------
+
+STOP_STEPS = 60
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_resume_state_and_exits_cleanly_then_resume_matches(tmp_path, sig):
+    run_dir = tmp_path / "stopped"
+    sets = [*TINY, "model.dropout=0.1", "save_every=0", "log_every=2", "epochs=100"]
+    base = [sys.executable, "-m", "varattn.cli", "train", "--no-progress", "--no-tensorboard"]
+    fresh = [*base, "--mode", "var-sample", "--max-steps", str(STOP_STEPS), "--out", str(run_dir),
+             *[f"--set={s}" for s in sets]]
+    proc = subprocess.Popen(fresh, env={**os.environ, "PYTHONHASHSEED": "0"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        end = time.monotonic() + 60
+        while not (run_dir / "metrics.jsonl").exists():  # training is under way
+            assert proc.poll() is None and time.monotonic() < end, proc.communicate()[1].decode()
+            time.sleep(0.005)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = err.decode()
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and f"stopped by {signal.Signals(sig).name}" in err
+    stopped_at = load_checkpoint(run_dir / "resume")[1]["state"]["step"]
+    assert 0 < stopped_at < STOP_STEPS
+
+    train(load_config("toy", {"mode": "var-sample", "max_steps": STOP_STEPS}, sets), run_dir, resume=True,
+          progress=False, tensorboard=False)
+    train(load_config("toy", {"mode": "var-sample", "max_steps": STOP_STEPS}, sets), tmp_path / "straight",
+          progress=False, tensorboard=False)
+    _assert_same_runs(tmp_path / "straight", run_dir)
+
+
 # -- 3. non-finite steps --------------------------------------------------------------------------
 
 
@@ -326,8 +370,8 @@ def _assert_same_snapshot(one, two) -> None:
 
 
 def test_a_non_finite_step_changes_nothing(tmp_path, monkeypatch):
-    trainer = Trainer(_config("var-enum", 10), tmp_path / "r", progress=False, tensorboard=False)
-    batches = trainer.epoch_batches(0)
+    trainer = make_trainer(_config("var-enum", 10), tmp_path / "r", progress=False, tensorboard=False)
+    batches = trainer.task.train_batches(0)
     steps_taken = []
     step = trainer.optimizer.step
     monkeypatch.setattr(trainer.optimizer, "step", lambda *a, **k: (steps_taken.append(1), step(*a, **k))[1])
@@ -357,7 +401,7 @@ def test_a_non_finite_step_changes_nothing(tmp_path, monkeypatch):
 
 
 def test_skipped_steps_are_counted_logged_and_stop_training(tmp_path, caplog):
-    trainer = Trainer(_config("var-enum", 12, "log_every=1", "max_bad_steps=3"), tmp_path / "r", progress=False,
+    trainer = make_trainer(_config("var-enum", 12, "log_every=1", "max_bad_steps=3"), tmp_path / "r", progress=False,
                       tensorboard=False)
     _poison(trainer, {3, 5, 6, 9, 10, 11, 12})
     with caplog.at_level("WARNING", logger="varattn"), pytest.raises(VarattnError) as info:
@@ -498,12 +542,35 @@ def test_empty_lines_are_dropped_in_pairs_and_counted(tmp_path, capsys, caplog):
     ("setting", "needle"),
     [("lr=fast", "lr must be a number"), ("batch_size=abc", "batch_size must be an integer"),
      ("lr=-0.1", "lr must be positive"), ("save_every=-5", "save_every must be a non-negative integer"),
-     ("log_every=0", "log_every must be a positive integer"), ("synthetic_sizes=[10]", "synthetic_sizes")],
+     ("log_every=0", "log_every must be a positive integer"), ("synthetic_sizes=[10]", "synthetic_sizes"),
+     ("model.dropout=abc", "model.dropout must be a number, got 'abc'"),
+     ("model.dropout=1", "model.dropout must be in [0, 1)"),
+     ("model.embed_dim=0", "model.embed_dim must be a positive integer"),
+     ("model.embed_dim=2.5", "model.embed_dim must be an integer"),
+     ("model.hidden=3", "unknown model config keys: hidden"),
+     ("model.src_vocab_size=9", "model.src_vocab_size is set from the data"),
+     ("objective.num_samples=2", "unknown objective options: num_samples"),  # var-enum takes none
+     ("precision=fp16", "precision must be fp32 or bf16"),
+     ("max_bad_steps=yes", "max_bad_steps must be an integer"), ("colour=red", "unknown config keys: colour")],
 )
 def test_bad_config_values_are_one_line_errors(tmp_path, capsys, setting, needle):
     code, _, err = _cli(capsys, "train", "--out", tmp_path / "run", "--max-steps", 1, f"--set={setting}")
     assert code == 2 and needle in _one_line_error(err)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("mode", "setting", "needle", "good"), [
+    ("var-sample", "objective.num_samples=0", "objective.num_samples must be a positive integer", "2"),
+    ("var-sample", "objective.baseline=maybe", "objective.baseline must be true or false", "false"),
+    ("var-gumbel", "objective.temperature=-1", "objective.temperature must be positive", "0.5"),
+    ("var-relaxed", "objective.warmup_steps=-2", "objective.warmup_steps must be a non-negative integer", "0"),
+])
+def test_objective_options_are_checked_against_the_mode(tmp_path, capsys, mode, setting, needle, good):
+    code, _, err = _cli(capsys, "train", "--mode", mode, "--out", tmp_path / "run", "--max-steps", 1,
+                        f"--set={setting}")
+    assert code == 2 and needle in _one_line_error(err)
+    assert not (tmp_path / "run").exists()
+    assert load_config("toy", {"mode": mode}, [setting.split("=")[0] + "=" + good]).objective  # a good one passes
 
 
 def test_numbers_yaml_reads_as_strings_are_numbers():

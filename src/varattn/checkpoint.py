@@ -35,8 +35,8 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -69,8 +69,6 @@ WEIGHTS_NAME = "weights.safetensors"
 META_NAME = "meta.json"
 
 _CHUNK = 1 << 20
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 _PICKLE_REFUSED = (
     "{path} looks like a pickled PyTorch checkpoint (torch.save / pickle); pickled checkpoints are "
     "refused for safety because loading them can run arbitrary code -- save checkpoints with "
@@ -113,14 +111,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     path = Path(path)
     parent = path.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=parent)
+        # mode 0o666 and the process umask give the usual permissions (mkstemp would make it 0600)
+        tmp = parent / f".tmp-{path.name}-{os.getpid()}-{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     except OSError as exc:
         raise VarattnError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)  # mkstemp creates 0600; use the usual mode
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
@@ -372,11 +371,17 @@ def save_checkpoint(
 
 
 def _looks_pickled(head: bytes) -> bool:
-    """Pickle protocol >= 2 starts with 0x80; ``torch.save`` (since 1.6) writes a zip archive."""
+    """Pickle protocol >= 2 starts with 0x80; ``torch.save`` (since 1.6) writes a zip archive.
+
+    A safetensors file starts with its header's length (8 bytes, little-endian: the first byte is
+    0x80 for one header size in 256) followed by the JSON header's ``{``: such a file is not a pickle.
+    """
+    if head[8:9] == b"{":
+        return False
     return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
 
 
-def _read_head(path: Path, n: int = 8) -> bytes:
+def _read_head(path: Path, n: int = 9) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(n)
 

@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except VarattnError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

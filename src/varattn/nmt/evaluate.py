@@ -65,6 +65,21 @@ def evaluate(
     ``kmax_ppl`` (with ``topk``), ``prior_entropy``, ``posterior_entropy`` (or None),
     ``accuracy`` (teacher-forced next-word accuracy), ``tokens`` and ``sentences``.
     """
+    return evaluation_figures(evaluation_sums(model, objective, batches, topk, accuracy), objective, topk)
+
+
+@torch.no_grad()
+def evaluation_sums(
+    model: LatentAlignmentNMT,
+    objective: Objective,
+    batches: Iterable[Batch],
+    topk: int | None = None,
+    accuracy: bool = True,
+) -> dict[str, float]:
+    """The summable figures behind :func:`evaluate`: sums over ``batches`` of the log-likelihood, the
+    objective's figures (``elbo``, ``prior_entropy``, ...), ``kmax`` (with ``topk``), ``correct`` (with
+    ``accuracy``), ``tokens`` and ``sentences``. Sums of several shares add up to the sums of the whole.
+    """
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -87,6 +102,15 @@ def evaluate(
         tokens += int(mask.sum())
         sentences += len(batch)
     model.train(was_training)
+    sums.update(tokens=tokens, sentences=sentences)
+    if accuracy:
+        sums["correct"] = correct
+    return sums
+
+
+def evaluation_figures(sums: dict[str, float], objective: Objective, topk: int | None = None) -> dict:
+    """The figures of :func:`evaluate` from (possibly added-up) :func:`evaluation_sums`."""
+    tokens, sentences = int(sums["tokens"]), int(sums["sentences"])
     n = max(tokens, 1)
     result = {
         "ppl": _safe_exp(-sums.get("log_likelihood", 0.0) / n),
@@ -99,8 +123,8 @@ def evaluate(
     if topk is not None:
         result["topk"] = topk
         result["kmax_ppl"] = _safe_exp(-sums["kmax"] / n)
-    if accuracy:
-        result["accuracy"] = correct / n
+    if "correct" in sums:
+        result["accuracy"] = int(sums["correct"]) / n
     if objective.name == "var-relaxed":
         result["importance_samples"] = getattr(objective, "eval_samples", None)
     return result

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from varattn.checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
+from varattn.checkpoint import load_checkpoint, load_json
 from varattn.device import resolve_device
 from varattn.errors import VarattnError
 from varattn.latent import Objective, make_objective
@@ -32,27 +32,9 @@ from varattn.nmt.evaluate import sentence_scores
 from varattn.nmt.model import LatentAlignmentNMT, ModelConfig
 from varattn.nmt.text import Segmenter
 from varattn.nmt.vocab import Vocab
+from varattn.training import RUN_FILE
 
-RUN_FILE = "run.json"
-
-
-def save_run_files(run_dir: Path, cfg: TrainConfig, model_cfg: ModelConfig, src_seg: Segmenter,
-                   tgt_seg: Segmenter, src_vocab: Vocab, tgt_vocab: Vocab) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    src_vocab.save(run_dir / "vocab.src.txt")
-    tgt_vocab.save(run_dir / "vocab.tgt.txt")
-    save_json(run_dir / RUN_FILE, {
-        "format": "varattn-run-1",
-        "config": cfg.to_dict(),
-        "model": model_cfg.to_dict(),
-        "segmentation": {"src": src_seg.to_json(), "tgt": tgt_seg.to_json()},
-    })
-
-
-def save_model(directory: Path, model: LatentAlignmentNMT, meta: dict) -> None:
-    """Model weights only (no optimizer state) as an atomic checkpoint directory."""
-    save_checkpoint(directory, {k: v.detach() for k, v in model.state_dict().items()}, meta)
-
+__all__ = ["RUN_FILE", "TrainedModel", "load_run"]
 
 @dataclass
 class TrainedModel:

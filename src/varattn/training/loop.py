@@ -1,0 +1,348 @@
+"""The training loop, read top to bottom.
+
+One update: the task's loss terms of a batch (the surrogate summed over the batch, divided by its
+normaliser -- the number of sentences, in the paper), skipped when the loss or the gradient norm is
+not finite, the gradient norm clipped, one Adam step. After every epoch (or every ``eval_every``
+updates) the validation set is scored; the learning rate is halved when the validation metric is
+worse than the best so far (from ``decay_start_epoch`` on); ``best/``, ``last/`` and ``resume/`` are
+written atomically. ``resume/`` is also written every ``save_every`` updates and when a SIGINT or
+SIGTERM stops the run (:mod:`varattn.training.stop`); ``--resume`` continues bit-identically and
+cuts ``metrics.jsonl`` back to what it held at that save. See docs/reliability.md.
+
+Two ways in: :func:`start` for a fresh run, :func:`resume` for a run that stopped; both return a
+:class:`Trainer` whose :meth:`Trainer.train` runs the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from varattn.checkpoint import backup_path, load_json, save_checkpoint, save_json
+from varattn.device import check_precision, precision_context, resolve_device
+from varattn.errors import VarattnError
+from varattn.training.config import TrainingConfig
+from varattn.training.metrics import METRICS_FILE, MetricsLog, cut_metrics
+from varattn.training.optim import make_optimizer, next_lr, set_lr
+from varattn.training.state import RESUME_DIR, TrainerState, read_resume, rng_state, save_resume, set_rng_state
+from varattn.training.stop import GracefulStop, TrainingStopped
+from varattn.training.task import Task
+
+log = logging.getLogger("varattn")
+
+RUN_FILE = "run.json"
+RUN_FORMAT = "varattn-run-1"
+
+
+def _describe(figures: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in figures.items())
+
+
+class Trainer:
+    """Trains ``task``'s model per ``cfg`` in ``run_dir``; build one with :func:`start` or :func:`resume`."""
+
+    def __init__(self, task: Task, cfg: TrainingConfig, run_dir: Path, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, state: TrainerState, device: torch.device, metrics: MetricsLog,
+                 progress: bool | None):
+        self.task, self.cfg, self.run_dir = task, cfg, run_dir
+        self.model, self.optimizer, self.state, self.device = model, optimizer, state, device
+        self.metrics = metrics
+        self.progress = progress
+        self.valid_batches = task.valid_batches()
+        self.summary = ""  # the human line of the latest validation
+        self._timer_start, self._timer_tokens = time.perf_counter(), 0
+
+    # -- one update ------------------------------------------------------------------------------
+    def update(self, batch) -> dict | None:
+        """One optimizer step on ``batch``; returns its report figures, or None when the step was skipped.
+
+        A step whose loss or gradient norm is not finite changes nothing: no optimizer step (Adam's
+        moments and step count stay as they were), gradients dropped. It is counted in
+        ``skipped_steps`` and logged; ``max_bad_steps`` of them in a row stop training.
+        """
+        st = self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        with precision_context(self.device, self.cfg.precision):
+            out = self.task.loss(self.model, batch, st.step)
+        loss = out.surrogate / out.normaliser
+        figures = out.figures
+        bad = not bool(torch.isfinite(loss))
+        if not bad:
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+            bad = not bool(torch.isfinite(norm))
+            if bad:
+                figures = {**figures, "grad_norm": float(norm)}
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            st.bad_steps += 1
+            st.consecutive_bad += 1
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d skipped so far; %s)",
+                        st.step + 1, st.bad_steps, _describe(figures))
+            if st.consecutive_bad >= self.cfg.max_bad_steps:
+                raise VarattnError(
+                    f"training stopped at step {st.step + 1}: {st.consecutive_bad} consecutive non-finite steps "
+                    f"(max_bad_steps={self.cfg.max_bad_steps}); last loss terms: {_describe(figures)}; lower the "
+                    f"learning rate or check the data")
+            return None
+        st.consecutive_bad = 0
+        self.optimizer.step()
+        return figures
+
+    # -- the loop --------------------------------------------------------------------------------
+    def target_reached(self) -> bool:
+        cfg, st = self.cfg, self.state
+        return st.epoch >= cfg.epochs or (cfg.max_steps is not None and st.step >= cfg.max_steps)
+
+    def finished(self) -> bool:
+        """Target reached and validated there: nothing left to do."""
+        return self.target_reached() and self.state.valid_step == self.state.step
+
+    def train(self) -> dict:
+        """Train until ``max_steps``, ``epochs`` or ``max_minutes``; returns the last validation record.
+
+        SIGINT / SIGTERM: the current update finishes, ``resume/`` is saved and
+        :class:`~varattn.training.stop.TrainingStopped` is raised.
+        """
+        cfg, st = self.cfg, self.state
+        steps_per_epoch = len(self.task.train_batches(0))
+        total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+        bar = tqdm(total=total, initial=min(st.step, total), unit="step", dynamic_ncols=True,
+                   disable=(not sys.stderr.isatty()) if self.progress is None else not self.progress,
+                   desc=f"train {self.run_dir.name}")
+        self._timer_start, self._timer_tokens = time.perf_counter(), 0
+        self.model.train()
+        deadline = None if cfg.max_minutes is None else time.monotonic() + 60 * cfg.max_minutes
+        try:
+            with GracefulStop() as stop:
+                while not self.target_reached():
+                    batches = self.task.train_batches(st.epoch)
+                    while st.batch_in_epoch < len(batches):
+                        if cfg.max_steps is not None and st.step >= cfg.max_steps:
+                            break
+                        if deadline is not None and time.monotonic() > deadline:
+                            log.info("time limit of %s minutes reached at step %d", cfg.max_minutes, st.step)
+                            break
+                        figures = self.update(batches[st.batch_in_epoch])
+                        st.batch_in_epoch += 1
+                        st.step += 1
+                        bar.update(1)
+                        if figures is not None:
+                            for key, value in figures.items():
+                                st.window[key] = st.window.get(key, 0.0) + value
+                            self._timer_tokens += int(figures["tokens"])
+                        if st.step % cfg.log_every == 0 or st.step == total:
+                            rec = self._train_record()
+                            bar.set_postfix(loss=f"{rec['loss']:.3f}", ppl=f"{rec['ppl']:.2f}",
+                                            tok_s=f"{rec['tokens_per_s']:.0f}")
+                        if cfg.eval_every and st.step % cfg.eval_every == 0:
+                            self._log_valid(bar)
+                        elif cfg.save_every and st.step % cfg.save_every == 0:
+                            self.save_resume()
+                        if stop.signum is not None:
+                            self._stop(stop.signum)
+                    else:
+                        st.epoch += 1
+                        st.batch_in_epoch = 0
+                        if not cfg.eval_every:
+                            self._log_valid(bar)
+                        if stop.signum is not None:
+                            self._stop(stop.signum)
+                        continue
+                    break  # max_steps or the time limit reached inside the epoch
+                if st.valid_step != st.step or st.last_valid is None:
+                    self._log_valid(bar)
+        finally:
+            bar.close()
+            self.metrics.close()
+        return st.last_valid
+
+    def _stop(self, signum: int) -> None:
+        import signal
+
+        self.save_resume()
+        name = signal.Signals(signum).name
+        raise TrainingStopped(f"stopped by {name} at step {self.state.step}; resume/ is saved: continue with "
+                              f"`varattn train --resume {self.run_dir}`", signum)
+
+    def _train_record(self) -> dict:
+        """Write the train record of the updates since the last one (the window), and start a new window."""
+        st, window = self.state, self.state.window
+        n = max(window.get("tokens", 0.0), 1.0)
+        nll = window.get("nll", 0.0)
+        elapsed = max(time.perf_counter() - self._timer_start, 1e-9)
+        rec = {"split": "train", "step": st.step, "epoch": st.epoch + 1, "loss": nll / n,
+               "ppl": math.exp(min(nll / n, 700))}
+        rec.update({k: v / n for k, v in window.items() if k not in ("nll", "tokens")})
+        rec.update({"tokens_per_s": self._timer_tokens / elapsed, "lr": st.lr, "skipped_steps": st.bad_steps})
+        self.metrics.write(rec)
+        st.window = dict.fromkeys(window, 0.0)
+        self._timer_start, self._timer_tokens = time.perf_counter(), 0
+        return rec
+
+    # -- validation and checkpoints --------------------------------------------------------------
+    def validate(self) -> dict:
+        """Score the validation set, follow the schedule, write the record, best/, last/ and resume/."""
+        st, cfg = self.state, self.cfg
+        saved = rng_state()  # validation may draw (sampling modes): keep training's stream untouched
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            result = self.task.valid_result(self.task.valid_sums(self.model, self.valid_batches))
+            heatmaps = self.task.heatmaps(self.model) if self.metrics.writer is not None else []
+        self.model.train(was_training)
+        set_rng_state(saved)
+        self.summary = result.summary
+        improved = result.metric < st.best_metric
+        st.lr = next_lr(st.lr, result.metric, st.best_metric, st.epoch + 1, cfg.lr_decay, cfg.decay_start_epoch)
+        set_lr(self.optimizer, st.lr)
+        record = {"split": "valid", "step": st.step, "epoch": st.epoch + 1, "lr": st.lr, **result.figures}
+        self.metrics.write(record)
+        self.metrics.heatmaps(heatmaps, st.step)
+        meta = {"step": st.step, "epoch": st.epoch + 1, "task": self.task.name, "valid": result.figures}
+        if improved:
+            st.best_metric = result.metric
+            self._save_model("best", meta)
+        self._save_model("last", meta)
+        st.valid_step, st.last_valid = st.step, record
+        self.save_resume()
+        return record
+
+    def _log_valid(self, bar) -> dict:
+        record = self.validate()
+        bar.write(f"step {record['step']}: {self.summary}, lr {record['lr']:.2e}", file=sys.stderr)
+        return record
+
+    def _save_model(self, name: str, meta: dict) -> None:
+        """Model weights only (no optimizer state) as an atomic checkpoint directory."""
+        save_checkpoint(self.run_dir / name, {k: v.detach() for k, v in self.model.state_dict().items()}, meta)
+
+    def save_resume(self) -> None:
+        self.state.metrics_bytes = self.metrics.size()
+        save_resume(self.run_dir / RESUME_DIR, self.model, self.optimizer, self.state)
+
+
+# -- the two ways in ---------------------------------------------------------------------------------
+
+
+def _prepare_device(cfg: TrainingConfig) -> torch.device:
+    device = resolve_device(cfg.device)  # a missing GPU fails here, before anything is written
+    check_precision(device, cfg.precision)  # so does bf16 where the device has no bf16 kernels
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return device
+
+
+def start(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool | None = None,
+          tensorboard: bool = True) -> Trainer:
+    """A fresh run of ``task`` in ``run_dir`` (created; it must not hold a run yet)."""
+    run_dir = Path(run_dir)
+    if (run_dir / RUN_FILE).exists():
+        raise VarattnError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise VarattnError(f"{run_dir} is a file; --out needs a directory")
+    device = _prepare_device(cfg)
+    created = not run_dir.exists()
+    try:
+        before = set() if created else {p.name for p in run_dir.iterdir()}
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VarattnError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
+    torch.manual_seed(cfg.seed)
+    try:
+        task.prepare(run_dir)
+        model = task.build_model().to(device)  # before the optimizer, whose state follows the parameters
+    except BaseException:
+        _remove_partial_start(run_dir, created, before)
+        raise
+    optimizer = make_optimizer(model, cfg.lr)
+    state = TrainerState(lr=cfg.lr, data_sha256=task.fingerprint())
+    info = task.save(run_dir)
+    save_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "task": task.name, "config": cfg.to_dict(), **info})
+    trainer = Trainer(task, cfg, run_dir, model, optimizer, state, device, MetricsLog(run_dir, tensorboard),
+                      progress)
+    log.info("device: %s%s", device, f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
+    return trainer
+
+
+def _remove_partial_start(run_dir: Path, created: bool, before: set[str]) -> None:
+    """A fresh run failed while preparing its data: delete the files it wrote (sentencepiece models)."""
+    for path in run_dir.iterdir():
+        if path.name not in before and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+    if created and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
+def _comparable(cfg: TrainingConfig, d: dict) -> dict:
+    """A config as JSON would give it back (tuples become lists), defaults filled in."""
+    return json.loads(json.dumps(type(cfg).from_dict(d).to_dict()))
+
+
+def _check_resumable(run_dir: Path, cfg: TrainingConfig) -> tuple[dict, bool]:
+    """``run.json`` of ``run_dir``, and whether ``cfg`` changed a resumable key; a one-line error otherwise."""
+    if not (run_dir / RUN_FILE).is_file():
+        raise VarattnError(f"nothing to resume in {run_dir} (no {RUN_FILE})")
+    resume_dir = run_dir / RESUME_DIR
+    if not resume_dir.is_dir() and not backup_path(resume_dir).is_dir():
+        raise VarattnError(f"nothing to resume in {run_dir}: it has no {RESUME_DIR}/ checkpoint (training "
+                           "stopped before its first save); delete it and start the run again")
+    info = load_json(run_dir / RUN_FILE)
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise VarattnError(f"{run_dir / RUN_FILE} is corrupted (no config)")
+    stored, current = _comparable(cfg, info["config"]), _comparable(cfg, cfg.to_dict())
+    changed = [k for k in current if k not in cfg.RESUMABLE_KEYS and stored.get(k) != current[k]]
+    if changed:
+        raise VarattnError(
+            f"cannot resume {run_dir} with a different configuration ("
+            + "; ".join(f"{k}: {stored.get(k)!r} in {RUN_FILE}, {current[k]!r} now" for k in changed)
+            + f"); only {', '.join(cfg.RESUMABLE_KEYS)} may change")
+    return info, stored != current
+
+
+def resume(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool | None = None,
+           tensorboard: bool = True) -> Trainer:
+    """Continue ``run_dir`` from its ``resume/`` checkpoint.
+
+    Only the keys in ``cfg.RESUMABLE_KEYS`` may differ from the run's ``run.json`` (which is then
+    updated, so later resumes keep the new ``max_steps`` or ``epochs``).
+    """
+    run_dir = Path(run_dir)
+    device = _prepare_device(cfg)
+    info, changed = _check_resumable(run_dir, cfg)
+    point = read_resume(run_dir / RESUME_DIR)
+    st = point.state
+    target = st.epoch >= cfg.epochs or (cfg.max_steps is not None and st.step >= cfg.max_steps)
+    if target and st.valid_step == st.step:
+        raise VarattnError(
+            f"{run_dir} has already finished: it stopped after step {st.step} ({st.epoch} complete epochs) with "
+            f"max_steps={cfg.max_steps} and epochs={cfg.epochs}; to train further, resume with a larger "
+            "--max-steps or --epochs")
+    torch.manual_seed(cfg.seed)
+    task.load(run_dir, info)
+    if st.data_sha256 is not None and st.data_sha256 != task.fingerprint():
+        raise VarattnError(f"cannot resume {run_dir}: the training or validation data changed since the run "
+                           "started")
+    model = task.build_model().to(device)
+    optimizer = make_optimizer(model, cfg.lr)
+    point.apply(run_dir / RESUME_DIR, model, optimizer)
+    set_lr(optimizer, st.lr)  # the counter is what the schedule follows
+    cut_metrics(run_dir, st.metrics_bytes)
+    metrics = MetricsLog(run_dir, tensorboard, purge_step=st.step + 1)
+    trainer = Trainer(task, cfg, run_dir, model, optimizer, st, device, metrics, progress)
+    if changed:
+        info["config"] = cfg.to_dict()
+        save_json(run_dir / RUN_FILE, info)
+    log.info("resuming at step %d (epoch %d, batch %d)", st.step, st.epoch + 1, st.batch_in_epoch)
+    log.info("device: %s%s", device, f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
+    return trainer
+
+
+__all__ = ["METRICS_FILE", "RUN_FILE", "Trainer", "resume", "start"]
