@@ -208,8 +208,8 @@ def run_ours(data: Path, batch_size: int, steps: int, report_every: int, threads
     model.train()
     windows, tokens, start = [], 0, time.perf_counter()
     for step in range(steps):
-        batch = collate([src[i] for i in order[step % len(order)]], [tgt[i] for i in order[step % len(order)]],
-                        tgt_vocab, order[step % len(order)])
+        group = order[step % len(order)]
+        batch = collate([src[i] for i in group], [tgt[i] for i in group], group)
         Trainer.update(trainer, batch)
         tokens += batch.num_tokens
         if (step + 1) % report_every == 0:
@@ -224,14 +224,17 @@ def run_ours(data: Path, batch_size: int, steps: int, report_every: int, threads
 
 def decode_ours(model, src_vocab, src_file: Path, sentences: int, length: int) -> dict:
     from varattn.data.corpus import read_lines
-    from varattn.nmt.search import decode
+    from varattn.latent import make_objective
+    from varattn.nmt.search import DecodingOptions, decode
 
     lines = read_lines(src_file)[:sentences]
     ids = sorted((src_vocab.encode(line.split()) for line in lines), key=len, reverse=True)
     start = time.perf_counter()
     out_tokens = 0
+    soft = make_objective("soft")
+    options = DecodingOptions(beam=5, eos_norm=1e6, max_len_a=0.0, max_len_b=length)
     for k in range(0, len(ids), 32):
-        hyps = decode(model, ids[k : k + 32], "soft", beam=5, eos_norm=1e6, max_len_a=0.0, max_len_b=length)
+        hyps = decode(model, ids[k : k + 32], soft, options)
         out_tokens += sum(len(h.tokens) for h in hyps)
     seconds = time.perf_counter() - start
     return {"sent_per_s": len(ids) / seconds, "seconds": seconds, "sentences": len(ids),

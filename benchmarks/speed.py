@@ -202,7 +202,7 @@ def load_sample(data: Path, max_len: int | None, batch_size: int, n_batches: int
     tgt = [tgt_vocab.encode(t) for t in corpus.tgt]
     groups = [g for g in bucket_batches(src, tgt, batch_size, shuffle=False) if len(g) == batch_size]
     picks = [groups[int((k + 0.5) / n_batches * len(groups))] for k in range(n_batches)]
-    batches = [collate([src[i] for i in g], [tgt[i] for i in g], tgt_vocab, g) for g in picks]
+    batches = [collate([src[i] for i in g], [tgt[i] for i in g], g) for g in picks]
     middle = picks[n_batches // 2]
     return src_vocab, tgt_vocab, batches, [src[i] for i in middle]
 
@@ -322,7 +322,7 @@ def measure(config: str, mode: str, args) -> dict:
 
 def decode_speed(model, objective, src_ids: list[list[int]]) -> dict:
     try:
-        from varattn.nmt.search import decode
+        from varattn.nmt.search import DecodingOptions, decode
     except ImportError as exc:  # pragma: no cover - the search module ships with the package now
         return {"decode_sent_per_s": None, "decode_note": f"no search module: {exc}"}
     import torch
@@ -332,7 +332,7 @@ def decode_speed(model, objective, src_ids: list[list[int]]) -> dict:
     start = time.perf_counter()
     # an untrained model ends its outputs at random lengths: force each to its source's length
     # (about what a trained model produces on this data), so that modes are timed on the same work
-    hyps = decode(model, src_ids, objective.predictive, beam=5, eos_norm=1e6, max_len_a=1.0, max_len_b=0)
+    hyps = decode(model, src_ids, objective, DecodingOptions(beam=5, eos_norm=1e6, max_len_a=1.0, max_len_b=0))
     sync()
     seconds = time.perf_counter() - start
     out_tokens = sum(len(h.tokens) + 1 for h in hyps)

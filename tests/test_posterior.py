@@ -149,7 +149,7 @@ def test_relaxed_posterior_is_the_dirichlet_mean(runs, pairs):
     trained = load_run(runs["var-relaxed"])
     src, tgt, _ = pairs
     m = alignment_matrices(trained, src[:1], tgt[:1], ["prior", "posterior", "exact"])[0]
-    batch = collate([trained.encode_src(src[0])], [trained.encode_tgt(tgt[0])], trained.tgt_vocab, [0])
+    batch = collate([trained.encode_src(src[0])], [trained.encode_tgt(tgt[0])], [0])
     with torch.no_grad():
         problem = trained.model.problem(batch, with_posterior=True)
     for name, scores in (("posterior", problem.posterior_scores), ("prior", problem.prior_scores)):

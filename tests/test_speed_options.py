@@ -64,7 +64,7 @@ def _model(dtype=torch.float64, dropout=0.0, layers=2) -> LatentAlignmentNMT:
 def _batch():
     src = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18], [20]]
     tgt = [[5, 6], [7, 8, 9, 10, 11, 12], [13], [14, 15, 16]]
-    return collate(src, tgt, None, list(range(4)))
+    return collate(src, tgt, list(range(4)))
 
 
 @pytest.mark.parametrize("topk", [None, 2])

@@ -13,12 +13,13 @@ import torch
 from varattn.align import parse_pharaoh
 from varattn.cli import main
 from varattn.errors import VarattnError
-from varattn.latent import mode_names
+from varattn.latent import make_objective, mode_names
 from varattn.nmt.model import LatentAlignmentNMT, ModelConfig
 from varattn.nmt.search import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
+    DecodingOptions,
     beam_search,
     greedy_search,
     length_penalty,
@@ -40,6 +41,18 @@ def tiny_model(seed: int = 0, tgt_vocab: int = 6, src_vocab: int = 7, init_range
 
 
 SOURCES = [[4, 5, 6, 1], [6, 4], [5, 5, 4], [1]]
+#: an objective of each predictive rule (the search asks the objective how to predict)
+RULES = {"marginal": make_objective("marginal"), "soft": make_objective("soft"),
+         "prior-mean": make_objective("var-relaxed")}
+MARGINAL = RULES["marginal"]
+
+
+def beam(model, src, lengths, objective=MARGINAL, n_best=1, **options):
+    return beam_search(model, src, lengths, objective, DecodingOptions(**options), n_best=n_best)
+
+
+def greedy(model, src, lengths, objective=MARGINAL, **options):
+    return greedy_search(model, src, lengths, objective, DecodingOptions(beam=1, **options))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -100,8 +113,8 @@ def test_large_beam_finds_brute_force_best(seed, alpha, eos_norm):
     for src_ids in SOURCES[:3]:
         exact = brute_force(model, src_ids, 3, alpha, eos_norm)
         src, lengths = pad_batch([src_ids])
-        nbest = beam_search(model, src, lengths, beam=64, alpha=alpha, eos_norm=eos_norm, max_len_a=0.0,
-                            max_len_b=3, n_best=5)[0]
+        nbest = beam(model, src, lengths, beam=64, alpha=alpha, eos_norm=eos_norm, max_len_a=0.0, max_len_b=3,
+                     n_best=5)[0]
         assert nbest[0].tokens == exact[0][1]
         by_seq = {tuple(seq): (score, log_prob) for score, seq, log_prob in exact}
         for hyp in nbest:  # the search may stop before it has 5 (the best is then certain)
@@ -114,8 +127,8 @@ def test_brute_force_cases_are_not_trivial():
     model = tiny_model(seed=1)
     exact = brute_force(model, SOURCES[0], 3)
     src, lengths = pad_batch([SOURCES[0]])
-    greedy = greedy_search(model, src, lengths, alpha=0.0, max_len_a=0.0, max_len_b=3)[0]
-    assert greedy.tokens != exact[0][1] and greedy.score < exact[0][0] - 1e-3
+    best = greedy(model, src, lengths, alpha=0.0, max_len_a=0.0, max_len_b=3)[0]
+    assert best.tokens != exact[0][1] and best.score < exact[0][0] - 1e-3
     assert len(brute_force(tiny_model(seed=3), SOURCES[0], 3, 0.6, 3.0)[0][1]) == 3
 
 
@@ -123,7 +136,7 @@ def test_beam_hypotheses_rescore_and_align_consistently():
     model = tiny_model(seed=2, tgt_vocab=9)
     src, lengths = pad_batch(SOURCES)
     for topk in (None, 2):
-        nbest = beam_search(model, src, lengths, beam=3, topk=topk, alpha=0.0, eos_norm=2.0, n_best=3)
+        nbest = beam(model, src, lengths, beam=3, topk=topk, alpha=0.0, eos_norm=2.0, n_best=3)
         assert max(len(h.tokens) for hyps in nbest for h in hyps) >= 3
         for src_ids, hyps in zip(SOURCES, nbest):
             assert 1 <= len(hyps) <= 3
@@ -142,14 +155,14 @@ def test_beam_hypotheses_rescore_and_align_consistently():
 def test_batched_search_equals_one_sentence_at_a_time():
     model = tiny_model(seed=3, tgt_vocab=9)
     src, lengths = pad_batch(SOURCES)
-    together = beam_search(model, src, lengths, beam=4, eos_norm=1.0)
-    greedy_together = greedy_search(model, src, lengths)
+    together = beam(model, src, lengths, beam=4, eos_norm=1.0)
+    greedy_together = greedy(model, src, lengths)
     for b, src_ids in enumerate(SOURCES):
         one_src, one_len = pad_batch([src_ids])
-        alone = beam_search(model, one_src, one_len, beam=4, eos_norm=1.0)[0][0]
+        alone = beam(model, one_src, one_len, beam=4, eos_norm=1.0)[0][0]
         assert together[b][0].tokens == alone.tokens
         assert together[b][0].score == pytest.approx(alone.score, abs=1e-4)
-        assert greedy_together[b].tokens == greedy_search(model, one_src, one_len)[0].tokens
+        assert greedy_together[b].tokens == greedy(model, one_src, one_len)[0].tokens
 
 
 @pytest.mark.parametrize("predictive", ["marginal", "soft", "prior-mean"])
@@ -158,10 +171,10 @@ def test_beam_one_equals_greedy(predictive, seed):
     model = tiny_model(seed=seed, tgt_vocab=12)
     src, lengths = pad_batch(SOURCES)
     for eos_norm in (0.0, 2.0):
-        greedy = greedy_search(model, src, lengths, predictive, eos_norm=eos_norm)
-        beam = beam_search(model, src, lengths, predictive, beam=1, eos_norm=eos_norm)
-        assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
-        for g, b in zip(greedy, beam):
+        by_greedy = greedy(model, src, lengths, RULES[predictive], eos_norm=eos_norm)
+        by_beam = beam(model, src, lengths, RULES[predictive], beam=1, eos_norm=eos_norm)
+        assert [h.tokens for h in by_greedy] == [b[0].tokens for b in by_beam]
+        for g, b in zip(by_greedy, by_beam):
             assert g.score == pytest.approx(b[0].score, abs=1e-4)
             torch.testing.assert_close(g.alignment, b[0].alignment)
 
@@ -169,9 +182,9 @@ def test_beam_one_equals_greedy(predictive, seed):
 def test_kmax_with_k_equal_source_length_is_the_full_marginal():
     model = tiny_model(seed=5, tgt_vocab=10)
     src, lengths = pad_batch(SOURCES)
-    full = beam_search(model, src, lengths, beam=3)
-    kmax = beam_search(model, src, lengths, beam=3, topk=src.shape[1])
-    one = beam_search(model, src, lengths, beam=3, topk=1)
+    full = beam(model, src, lengths, beam=3)
+    kmax = beam(model, src, lengths, beam=3, topk=src.shape[1])
+    one = beam(model, src, lengths, beam=3, topk=1)
     for f, k in zip(full, kmax):
         assert f[0].tokens == k[0].tokens
         assert f[0].score == pytest.approx(k[0].score, abs=1e-5)
@@ -197,9 +210,9 @@ def test_fast_marginal_equals_the_models_rule(chunk, tiny, scale, monkeypatch):
             query, scores, _ = model.step(emb, state, enc, k)
             expected = model.next_token_log_probs(query, scores, enc, "marginal")
             assert torch.isfinite(expected).all() and (expected.min() < -200) == (scale > 1)
-            torch.testing.assert_close(next_log_probs(model, query, scores, enc, "marginal"), expected)
+            torch.testing.assert_close(next_log_probs(model, query, scores, enc, MARGINAL), expected)
             context_pre = model.head.context_part(enc.memory)
-            torch.testing.assert_close(next_log_probs(model, query, scores, enc, "marginal", context_pre), expected)
+            torch.testing.assert_close(next_log_probs(model, query, scores, enc, MARGINAL, context_pre), expected)
 
 
 def test_pad_and_bos_are_never_emitted():
@@ -208,23 +221,41 @@ def test_pad_and_bos_are_never_emitted():
         model.head.generator.bias[PAD_ID] += 50.0
         model.head.generator.bias[BOS_ID] += 50.0
     src, lengths = pad_batch(SOURCES)
-    for hyps in [greedy_search(model, src, lengths), [b[0] for b in beam_search(model, src, lengths, beam=3)]]:
+    for hyps in [greedy(model, src, lengths), [b[0] for b in beam(model, src, lengths, beam=3)]]:
         for h, s in zip(hyps, SOURCES):
             assert not set(h.tokens) & {PAD_ID, BOS_ID}
             assert len(h.tokens) <= 2 * len(s) + 10
 
 
-def test_bad_options_are_user_errors():
+@pytest.mark.parametrize(("options", "flag"), [
+    ({"beam": 0}, "--beam"), ({"beam": 2.5}, "--beam"), ({"beam": True}, "--beam"), ({"beam": "5"}, "--beam"),
+    ({"topk": 0}, "--topk"), ({"topk": -3}, "--topk"), ({"alpha": -0.1}, "--alpha"),
+    ({"alpha": math.inf}, "--alpha"), ({"eos_norm": -1.0}, "--eos-norm"), ({"eos_norm": math.nan}, "--eos-norm"),
+    ({"max_len_a": -1.0}, "--max-len-a"), ({"max_len_b": math.inf}, "--max-len-b"),
+])
+def test_bad_decoding_options_are_one_line_errors(options, flag):
+    with pytest.raises(VarattnError) as info:
+        DecodingOptions(**options)
+    message = str(info.value)
+    assert message.startswith(flag + " ") and "\n" not in message and repr(next(iter(options.values()))) in message
+
+
+def test_decoding_options_keep_good_values():
+    options = DecodingOptions(beam=3.0, topk=2, alpha=0.0, eos_norm=3, max_len_a=0.0, max_len_b=-2)
+    assert options.beam == 3 and isinstance(options.beam, int) and options.topk == 2
+    assert options.max_output_length(4) == 0 and DecodingOptions(max_len_a=1.5, max_len_b=1).max_output_length(3) == 5
+    with pytest.raises(AttributeError):
+        options.beam = 4  # frozen: one object travels through search, run and the command
+
+
+def test_kmax_is_refused_for_a_dirichlet_alignment():
     model = tiny_model()
     src, lengths = pad_batch(SOURCES)
-    with pytest.raises(VarattnError):
-        beam_search(model, src, lengths, beam=0)
-    with pytest.raises(VarattnError):
-        beam_search(model, src, lengths, topk=0)
-    with pytest.raises(VarattnError):
-        greedy_search(model, src, lengths, eos_norm=-1.0)
-    with pytest.raises(VarattnError):
-        greedy_search(model, src, lengths, "prior-mean", topk=2)
+    with pytest.raises(VarattnError, match="--topk"):
+        greedy(model, src, lengths, RULES["prior-mean"], topk=2)
+    with pytest.raises(VarattnError, match="--topk"):
+        beam(model, src, lengths, RULES["prior-mean"], beam=2, topk=2)
+    assert len(greedy(model, src, lengths, RULES["soft"], topk=2)) == len(SOURCES)
 
 
 # -- trained run directories ---------------------------------------------------------------------
@@ -364,5 +395,5 @@ def test_every_mode_translates(mode, tmp_path, source_lines):
         assert math.isfinite(res.score) and res.alignment.shape[0] == len(res.tokens)
         rows = res.alignment.sum(-1)
         torch.testing.assert_close(rows, torch.ones_like(rows))
-    if trained.objective.predictive != "prior-mean":
+    if trained.objective.supports_kmax:
         assert len(trained.translate(source_lines[:1], beam=2, topk=1, max_len_b=4)) == 1

@@ -1,12 +1,24 @@
-"""Flags and set-up shared by the subcommands that open a trained run."""
+"""What the subcommands share: run flags, corpus flags, reading lines, writing output.
+
+Every subcommand module in this package has ``register(subparsers)`` (adds its parser, with
+``set_defaults(func=run)``) and ``run(args) -> int``; ``varattn.cli`` assembles them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import IO, TypeVar
+
+from varattn.errors import VarattnError
 
 Item = TypeVar("Item")
+
+#: how ``--input``/``--src``/``--tgt``/``--hyp``/``--output`` name the standard streams
+STDIO = "-"
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,6 +27,21 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda or cuda:N (default auto)")
+
+
+def add_corpus_arguments(p: argparse.ArgumentParser, stdin: bool = False) -> None:
+    """``--prefix``, ``--src``, ``--tgt``, ``--src-lang``, ``--tgt-lang`` naming a parallel corpus."""
+    p.add_argument("--prefix", help="fairseq-style prefix: reads PREFIX.SRC_LANG and PREFIX.TGT_LANG")
+    either = " ('-' for stdin)" if stdin else ""
+    p.add_argument("--src", help="source file" + either)
+    p.add_argument("--tgt", help="target file" + either)
+    p.add_argument("--src-lang", default=None, help="source language suffix (default: the run's)")
+    p.add_argument("--tgt-lang", default=None, help="target language suffix (default: the run's)")
+
+
+def check_batch_size(value: int, flag: str = "--batch-size") -> None:
+    if value < 1:
+        raise VarattnError(f"{flag} must be at least 1, got {value}")
 
 
 def open_run(args: argparse.Namespace):
@@ -34,3 +61,85 @@ def chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def stream_name(path: str | None) -> str:
+    return "<stdin>" if path is None or path == STDIO else str(path)
+
+
+def input_lines(path: str | None) -> list[str] | Iterator[str]:
+    """All lines of a file, or a lazy line iterator over stdin for ``None`` or ``-``."""
+    from varattn.data.corpus import iter_lines, read_lines
+
+    if path is None or path == STDIO:
+        return iter_lines(sys.stdin, "<stdin>")
+    return read_lines(path)
+
+
+@contextlib.contextmanager
+def streamed_input(path: str | None) -> Iterator[Iterator[str]]:
+    """A lazy line iterator over a file or stdin (``None``/``-``), the file closed on exit."""
+    from varattn.data.corpus import iter_lines
+
+    if path is None or path == STDIO:
+        yield iter_lines(sys.stdin, "<stdin>")
+        return
+    if os.path.isdir(path):
+        raise VarattnError(f"{path} is a directory, expected a text file")
+    if not os.path.exists(path):
+        raise VarattnError(f"file not found: {path}")
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise VarattnError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with handle:
+        yield iter_lines(handle, str(path))
+
+
+def paired(src: Iterable[str], tgt: Iterable[str], src_name: str, tgt_name: str) -> Iterator[tuple[str, str]]:
+    """Zip two line sources lazily, failing with both line counts if they differ."""
+    src_it, tgt_it = iter(src), iter(tgt)
+    n = 0
+    while True:
+        s = next(src_it, None)
+        t = next(tgt_it, None)
+        if s is None and t is None:
+            return
+        if s is None or t is None:
+            rest_s = n + (s is not None) + sum(1 for _ in src_it)
+            rest_t = n + (t is not None) + sum(1 for _ in tgt_it)
+            raise VarattnError(f"sentence counts differ: {src_name} has {rest_s} lines but {tgt_name} has "
+                               f"{rest_t} lines")
+        n += 1
+        yield s, t
+
+
+def writes_to_stdout(path: str | None) -> bool:
+    return path is None or path == STDIO
+
+
+@contextlib.contextmanager
+def output_stream(path: str | None) -> Iterator[IO[str]]:
+    """stdout for ``None``/``-``, else ``path`` opened for UTF-8 text with ``\\n`` line ends (closed on exit).
+
+    A reader that goes away (``varattn translate ... | head -1``) is handled once, in
+    ``varattn.cli.main``: the command stops quietly with status 0.
+    """
+    if writes_to_stdout(path):
+        yield sys.stdout
+        return
+    try:
+        handle = open(path, "w", encoding="utf-8", newline="\n")
+    except OSError as exc:
+        raise VarattnError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with handle:
+        yield handle
+
+
+def silence_closed_stdout() -> None:
+    """Point stdout at /dev/null after its reader went away, so the exit-time flush is quiet too."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)

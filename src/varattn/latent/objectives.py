@@ -155,6 +155,32 @@ class Objective:
     #: ``soft`` (output at the expected context), ``prior-mean`` (relaxed models: the
     #: output at the mean of the prior Dirichlet, i.e. the soft context)
     predictive: str = "marginal"
+    #: whether the alignment is a Dirichlet over the simplex (relaxed models) rather than a
+    #: categorical over source positions
+    alignment_is_dirichlet: bool = False
+    #: draws per token when ``score`` importance-samples the likelihood (None: it is exact)
+    importance_samples: int | None = None
+
+    @property
+    def predicts_mixture(self) -> bool:
+        """Whether the next-word distribution is the mixture ``sum_i p_i f(x, i)`` (O(S) output layers)."""
+        return self.predictive == "marginal"
+
+    @property
+    def supports_kmax(self) -> bool:
+        """Whether K-max (keep the K best prior positions) applies: categorical and soft models."""
+        return not self.alignment_is_dirichlet
+
+    def prior_log_mean(self, problem: AlignmentProblem) -> Tensor:
+        """``(B, T, S)`` log of the prior's expected alignment (``-inf`` at source padding).
+
+        For a categorical prior that is its log-probabilities.
+        """
+        return problem.prior().log_probs
+
+    def posterior_mean(self, problem: AlignmentProblem) -> Tensor:
+        """``(B, T, S)`` the posterior's expected alignment (0 at source padding)."""
+        return problem.posterior().probs
 
     def set_step(self, step: int) -> None:
         """Called by trainers before each update (used by schedules such as warm-up)."""
@@ -441,6 +467,7 @@ class VariationalRelaxed(Objective):
     name = "var-relaxed"
     uses_posterior = True
     predictive = "prior-mean"
+    alignment_is_dirichlet = True
     description = "variational relaxed attention (Dirichlet, reparameterised)"
 
     def __init__(
@@ -457,8 +484,24 @@ class VariationalRelaxed(Objective):
         self._step = 0
         relaxed_concentration(torch.zeros(1), concentration)  # validate the name early
 
+    @property
+    def importance_samples(self) -> int:  # type: ignore[override]
+        return self.eval_samples
+
     def set_step(self, step: int) -> None:
         self._step = step
+
+    def prior_log_mean(self, problem: AlignmentProblem) -> Tensor:
+        """Log of the prior Dirichlet's mean ``alpha / sum(alpha)`` (``-inf`` at padding)."""
+        mean = MaskedDirichlet(relaxed_concentration(problem.prior_scores, self.transform), problem.mask3).mean
+        return torch.where(mean > 0, mean.clamp_min(torch.finfo(mean.dtype).tiny).log(),
+                           torch.full_like(mean, float("-inf")))
+
+    def posterior_mean(self, problem: AlignmentProblem) -> Tensor:
+        """The posterior Dirichlet's mean ``alpha / sum(alpha)`` (0 at padding)."""
+        if problem.posterior_scores is None:
+            raise ValueError("var-relaxed needs posterior scores")
+        return MaskedDirichlet(relaxed_concentration(problem.posterior_scores, self.transform), problem.mask3).mean
 
     def _dirichlets(self, problem: AlignmentProblem) -> tuple[MaskedDirichlet, MaskedDirichlet]:
         mask = problem.mask3

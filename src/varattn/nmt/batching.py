@@ -1,14 +1,23 @@
-"""Turning tokenised sentence pairs into padded, length-bucketed batches."""
+"""Every batching of the NMT task: padding id lists, grouping pairs by length, cutting lists into batches.
+
+* :func:`pad_ids`: id lists -> a ``(B, S)`` tensor padded with ``<pad>`` and the lengths;
+* :func:`collate`: sentence pairs -> a teacher-forcing :class:`Batch`;
+* :func:`index_batches`: positions (optionally sorted by a key, e.g. length) cut into batches
+  of at most ``batch_size`` (inference: scoring, alignment, translation);
+* :func:`bucket_batches`: training batches of similar length, by sentences or by tokens.
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from varattn.nmt.vocab import Vocab
+from varattn.nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 
 @dataclass
@@ -54,27 +63,42 @@ class Batch:
         return Batch(*(t.to(device) for t in (self.src, self.src_lengths, self.tgt, self.tgt_mask, self.index)))
 
 
-def collate(
-    src_ids: list[list[int]], tgt_ids: list[list[int]] | None, vocab_tgt: Vocab | None, index: list[int]
-) -> Batch:
-    """Pad id lists into a ``Batch``; ``tgt_ids`` may be None (translation: a 0-length target)."""
-    b = len(src_ids)
-    s = max(1, max(len(x) for x in src_ids))
-    src = torch.zeros(b, s, dtype=torch.long)
-    for i, ids in enumerate(src_ids):
-        src[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    src_lengths = torch.tensor([max(1, len(x)) for x in src_ids])
+def pad_ids(ids: Sequence[Sequence[int]], min_width: int = 0) -> tuple[Tensor, Tensor]:
+    """Id lists -> ``(B, W)`` long tensor padded with ``<pad>`` (``W`` = the longest, at least
+    ``min_width``) and their lengths ``(B,)``."""
+    width = max(min_width, max((len(x) for x in ids), default=0))
+    out = torch.full((len(ids), width), PAD_ID, dtype=torch.long)
+    for i, row in enumerate(ids):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out, torch.tensor([len(x) for x in ids], dtype=torch.long)
+
+
+def collate(src_ids: list[list[int]], tgt_ids: list[list[int]] | None, index: list[int] | None = None) -> Batch:
+    """Pad id lists into a ``Batch``; ``tgt_ids`` may be None (translation: a 0-length target).
+
+    ``index`` defaults to ``0 .. B-1``. An empty source gets length 1 (one ``<pad>``).
+    """
+    src, src_lengths = pad_ids(src_ids, min_width=1)
+    src_lengths = src_lengths.clamp_min(1)
     if tgt_ids is None:
         tgt_ids = [[] for _ in src_ids]
-    bos, eos = (2, 3) if vocab_tgt is None else (vocab_tgt.bos, vocab_tgt.eos)
-    t = max(len(y) for y in tgt_ids) + 1
-    tgt = torch.zeros(b, t + 1, dtype=torch.long)
-    for i, ids in enumerate(tgt_ids):
-        seq = [bos, *ids, eos]
-        tgt[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    lengths = torch.tensor([len(y) + 1 for y in tgt_ids])
-    tgt_mask = torch.arange(t)[None, :] < lengths[:, None]
+    tgt, lengths = pad_ids([[BOS_ID, *ids, EOS_ID] for ids in tgt_ids])  # (B, T + 1)
+    lengths = lengths - 1  # output tokens, </s> included
+    tgt_mask = torch.arange(tgt.shape[1] - 1)[None, :] < lengths[:, None]  # (B, T)
+    index = list(range(len(src_ids))) if index is None else index
     return Batch(src, src_lengths, tgt, tgt_mask, torch.tensor(index, dtype=torch.long))
+
+
+def index_batches(indices: Iterable[int], batch_size: int, key: Callable[[int], Any] | None = None) -> list[list[int]]:
+    """``indices`` (stably sorted by ``key`` when given) cut into consecutive lists of at most ``batch_size``.
+
+    Sorting by length keeps the padding in each batch small; callers put results back in
+    input order through the indices.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(indices, key=key) if key is not None else list(indices)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def bucket_batches(

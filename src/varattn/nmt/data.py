@@ -51,7 +51,7 @@ class EncodedPairs:
         return [self.collate(g) for g in groups]
 
     def collate(self, index: list[int]) -> Batch:
-        return collate([self.src[i] for i in index], [self.tgt[i] for i in index], self.tgt_vocab, index)
+        return collate([self.src[i] for i in index], [self.tgt[i] for i in index], index)
 
 
 def encode_pairs(pairs: Pairs, src_vocab: Vocab, tgt_vocab: Vocab) -> EncodedPairs:

@@ -19,10 +19,10 @@ from varattn.nmt.batching import Batch
 from varattn.nmt.model import LatentAlignmentNMT
 
 
-def predicted_tokens(problem: AlignmentProblem, head, predictive: str) -> torch.Tensor:
+def predicted_tokens(problem: AlignmentProblem, head, objective: Objective) -> torch.Tensor:
     """``(B, T)`` most probable next word at each teacher-forced step (0 at target padding).
 
-    Uses the objective's predictive rule (see ``LatentAlignmentNMT.next_token_log_probs``).
+    Uses ``objective``'s predictive rule (see ``LatentAlignmentNMT.next_token_log_probs``).
     The marginal rule's argmax is that of the mixture ``sum_i p_i f(x, i)``, taken in
     probability space (``LinearSoftmaxHead.mixture``, as beam search does, instead of a
     log-sum-exp over ``S``: the same argmax, several times faster), for real (target row,
@@ -31,7 +31,7 @@ def predicted_tokens(problem: AlignmentProblem, head, predictive: str) -> torch.
     """
     emission = problem.emission
     log_alpha = problem.prior().log_probs  # (B, T, S)
-    if predictive == "marginal":
+    if objective.predicts_mixture:
         alpha = log_alpha.exp()
         out = torch.zeros(alpha.shape[:2], dtype=torch.long, device=alpha.device)
         rows_b, rows_t = problem.target_mask.nonzero(as_tuple=True)  # (N,), (N,)
@@ -97,7 +97,7 @@ def evaluation_sums(
             kmax = objective.score(model.problem(batch, False, topk))
             sums["kmax"] = sums.get("kmax", 0.0) + float(kmax.log_likelihood.sum())
         if accuracy:
-            guess = predicted_tokens(problem, model.head, objective.predictive)
+            guess = predicted_tokens(problem, model.head, objective)
             correct += int(((guess == batch.tgt_out) & mask).sum())
         tokens += int(mask.sum())
         sentences += len(batch)
@@ -125,8 +125,8 @@ def evaluation_figures(sums: dict[str, float], objective: Objective, topk: int |
         result["kmax_ppl"] = _safe_exp(-sums["kmax"] / n)
     if "correct" in sums:
         result["accuracy"] = int(sums["correct"]) / n
-    if objective.name == "var-relaxed":
-        result["importance_samples"] = getattr(objective, "eval_samples", None)
+    if objective.importance_samples is not None:
+        result["importance_samples"] = objective.importance_samples
     return result
 
 

@@ -42,8 +42,8 @@ import torch
 from torch import Tensor
 
 from varattn.errors import VarattnError
-from varattn.latent import MaskedDirichlet, masked_log_softmax, mode_names, objective_class, relaxed_concentration
-from varattn.nmt.batching import collate
+from varattn.latent import masked_log_softmax, mode_names, objective_class
+from varattn.nmt.batching import collate, index_batches
 
 METHODS = ("prior", "posterior", "exact")
 
@@ -79,33 +79,22 @@ def has_posterior(trained) -> bool:
     return bool(trained.objective.uses_posterior) and trained.model.inference is not None
 
 
-def _dirichlet_mean(scores: Tensor, mask: Tensor, transform: str) -> Tensor:
-    return MaskedDirichlet(relaxed_concentration(scores, transform), mask).mean
-
-
 def _batch_matrices(trained, src_ids: list[list[int]], tgt_ids: list[list[int]], methods: list[str]) -> list[dict]:
-    """Matrices for one batch of non-empty pairs, cropped to each pair's ``(T, S)``."""
-    model = trained.model
-    batch = collate(src_ids, tgt_ids, trained.tgt_vocab, list(range(len(src_ids))))
+    """Matrices for one batch of non-empty pairs, cropped to each pair's ``(T, S)``.
+
+    The prior and posterior are the objective's expected alignments (categorical
+    probabilities, or Dirichlet means for the relaxed model).
+    """
+    model, objective = trained.model, trained.objective
+    batch = collate(src_ids, tgt_ids, list(range(len(src_ids))))
     problem = model.problem(batch, with_posterior="posterior" in methods)
     mask = problem.mask3  # (B, 1, S)
-    relaxed = trained.objective.name == "var-relaxed"
-    transform = getattr(trained.objective, "transform", "exp")
-    if relaxed:
-        prior = _dirichlet_mean(problem.prior_scores, mask, transform)
-        log_prior = torch.where(prior > 0, prior.clamp_min(torch.finfo(prior.dtype).tiny).log(),
-                                torch.full_like(prior, float("-inf")))
-    else:
-        log_prior = problem.prior().log_probs  # (B, T, S)
-        prior = log_prior.exp()
+    log_prior = objective.prior_log_mean(problem)  # (B, T, S)
     full: dict[str, Tensor] = {}
     if "prior" in methods:
-        full["prior"] = prior
+        full["prior"] = log_prior.exp()
     if "posterior" in methods:
-        if relaxed:
-            full["posterior"] = _dirichlet_mean(problem.posterior_scores, mask, transform)
-        else:
-            full["posterior"] = problem.posterior().probs
+        full["posterior"] = objective.posterior_mean(problem)
     if "exact" in methods:
         log_f = problem.emission.log_prob_all()  # (B, T, S)
         full["exact"] = masked_log_softmax(log_prior + log_f, mask.expand_as(log_f)).exp()
@@ -128,14 +117,12 @@ def alignment_matrices_ids(trained, src_ids: list[list[int]], tgt_ids: list[list
     for k, (s, t) in enumerate(zip(src_ids, tgt_ids)):
         if not s or not t:
             out[k] = {m: torch.zeros(len(t), len(s)) for m in methods}
-    todo = sorted((k for k in range(len(src_ids)) if out[k] is None),
-                  key=lambda k: (len(tgt_ids[k]), len(src_ids[k])))
+    todo = [k for k in range(len(src_ids)) if out[k] is None]
     model = trained.model
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
+        for chunk in index_batches(todo, batch_size, key=lambda k: (len(tgt_ids[k]), len(src_ids[k]))):
             results = _batch_matrices(trained, [src_ids[k] for k in chunk], [tgt_ids[k] for k in chunk], methods)
             for k, res in zip(chunk, results):
                 out[k] = res

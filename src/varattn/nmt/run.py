@@ -17,6 +17,7 @@ Layout of ``RUN_DIR`` (nothing in it is ever unpickled):
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,15 +27,18 @@ from varattn.checkpoint import load_checkpoint, load_json
 from varattn.device import resolve_device
 from varattn.errors import VarattnError
 from varattn.latent import Objective, make_objective
-from varattn.nmt.batching import collate
+from varattn.nmt.batching import collate, index_batches
 from varattn.nmt.config import TrainConfig
 from varattn.nmt.evaluate import sentence_scores
 from varattn.nmt.model import LatentAlignmentNMT, ModelConfig
+from varattn.nmt.search import DecodingOptions, Translation, decode
 from varattn.nmt.text import Segmenter
 from varattn.nmt.vocab import Vocab
 from varattn.training import RUN_FILE
 
 __all__ = ["RUN_FILE", "TrainedModel", "load_run"]
+log = logging.getLogger("varattn")
+
 
 @dataclass
 class TrainedModel:
@@ -77,11 +81,13 @@ class TrainedModel:
         """
         if len(src_lines) != len(tgt_lines):
             raise VarattnError(f"score needs as many targets as sources: {len(src_lines)} vs {len(tgt_lines)}")
+        if batch_size < 1:
+            raise VarattnError(f"the batch size must be at least 1, got {batch_size}")
+        src = [self.encode_src(s) for s in src_lines]
+        tgt = [self.encode_tgt(t) for t in tgt_lines]
         out: list[dict] = []
-        for start in range(0, len(src_lines), batch_size):
-            src = [self.encode_src(s) for s in src_lines[start : start + batch_size]]
-            tgt = [self.encode_tgt(t) for t in tgt_lines[start : start + batch_size]]
-            batch = collate(src, tgt, self.tgt_vocab, list(range(len(src))))
+        for chunk in index_batches(range(len(src)), batch_size):
+            batch = collate([src[k] for k in chunk], [tgt[k] for k in chunk])
             out.extend(sentence_scores(self.model, self.objective, batch))
         return out
 
@@ -98,24 +104,23 @@ class TrainedModel:
 
         return word_alignments(self, src_lines, tgt_lines, method, threshold, batch_size)
 
-    def translate(self, src_lines: list[str], beam: int = 5, topk: int | None = None, alpha: float = 1.0,
-                  eos_norm: float = 0.0, max_len_a: float = 2.0, max_len_b: float = 10, batch_size: int = 32,
-                  max_src_len: int = 250, line_offset: int = 0) -> list:
+    def translate(self, src_lines: list[str], options: DecodingOptions | None = None, *, batch_size: int = 32,
+                  max_src_len: int = 250, line_offset: int = 0, **settings) -> list[Translation]:
         """Translate ``src_lines``: one ``varattn.nmt.search.Translation`` per line, in order.
 
-        ``beam=1`` is greedy search; ``topk`` is K-max; ``alpha`` the Wu length-penalty exponent;
-        ``eos_norm`` the authors' EOS normalisation (0 = off); at most
-        ``int(max_len_a * src_len + max_len_b)`` output tokens. Lines are decoded in batches of
-        ``batch_size`` sorted by length. An empty line gives an empty translation without running
-        the model; a line of more than ``max_src_len`` pieces is cut to that many, with a warning
-        on stderr that names its 1-based number (``line_offset`` + its index + 1).
+        The search follows ``options`` (a ``varattn.nmt.search.DecodingOptions``), or one made
+        from ``settings`` (``beam``, ``topk``, ``alpha``, ``eos_norm``, ``max_len_a``,
+        ``max_len_b``: ``translate(lines, beam=1)`` is greedy search). Lines are decoded in
+        batches of ``batch_size`` sorted by length. An empty line gives an empty translation
+        without running the model; a line of more than ``max_src_len`` pieces is cut to that
+        many, with a warning on stderr that names its 1-based number (``line_offset`` + its
+        index + 1).
         """
-        import logging
-
-        from varattn.nmt.search import Translation, check_options, decode
-
-        predictive = self.objective.predictive
-        check_options(beam, topk, alpha, eos_norm, max_len_a, max_len_b, predictive)
+        if options is None:
+            options = DecodingOptions(**settings)
+        elif settings:
+            raise VarattnError(f"give either options or {', '.join(settings)}, not both")
+        options.check_for(self.objective)
         if batch_size < 1:
             raise VarattnError(f"the batch size must be at least 1, got {batch_size}")
         if max_src_len < 1:
@@ -125,20 +130,18 @@ class TrainedModel:
             toks = self.src_seg.tokenize(line)
             cut.append(len(toks) > max_src_len)
             if cut[-1]:
-                logging.getLogger("varattn").warning(
+                log.warning(
                     "input line %d has %d source tokens; translating only the first %d",
                     line_offset + k + 1, len(toks), max_src_len)
                 toks = toks[:max_src_len]
             pieces.append(toks)
         out: list = [None] * len(src_lines)
-        todo = sorted((k for k, p in enumerate(pieces) if p), key=lambda k: -len(pieces[k]))
         for k, p in enumerate(pieces):
             if not p:
                 out[k] = Translation("", [], 0.0, 0.0, torch.zeros(0, 0), [], cut[k])
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            hyps = decode(self.model, [self.src_vocab.encode(pieces[k]) for k in chunk], predictive, beam, topk,
-                          alpha, eos_norm, max_len_a, max_len_b)
+        todo = [k for k, p in enumerate(pieces) if p]
+        for chunk in index_batches(todo, batch_size, key=lambda k: -len(pieces[k])):
+            hyps = decode(self.model, [self.src_vocab.encode(pieces[k]) for k in chunk], self.objective, options)
             for k, hyp in zip(chunk, hyps):
                 tokens = [self.tgt_vocab.itos[i] for i in hyp.tokens]
                 out[k] = Translation(self.tgt_seg.detokenize(tokens, keep_bpe=False), tokens, hyp.score,

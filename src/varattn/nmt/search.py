@@ -3,7 +3,9 @@
 What a hypothesis is scored with
 --------------------------------
 Every step asks the model for ``log p(y_t = w | x, y_<t)`` over the whole vocabulary
-(``model.next_token_log_probs``) under the objective's *predictive rule*:
+(``model.next_token_log_probs``) under the *predictive rule* of the objective the search is
+given (``objective.predictive``; the search itself only asks ``objective.predicts_mixture``
+and ``objective.supports_kmax``):
 
 * ``marginal`` (every categorical latent mode: marginal, hard-*, var-*, rws): the exact
   mixture ``log sum_i p(z_t = i) f(x, i)_w``, which costs one output layer per source
@@ -22,8 +24,8 @@ which changes both the mixture above and the soft context fed to the next step. 
 marginal rule only the kept positions go through the output layer here (the others have
 weight exactly zero), so K-max decoding is also faster.
 
-The beam
---------
+The beam (its settings are one ``DecodingOptions``)
+---------------------------------------------------
 * Beam scores are sums of per-token log-probabilities. ``<pad>`` and ``<s>`` are never emitted.
 * ``eos_norm`` (the authors' ``-eos_norm``, 0 = off; they decoded with 3): at every step
   ``log p(</s>) -= eos_norm * src_len / (cur_len + 1)``, where ``cur_len`` counts the ``<s>``
@@ -57,9 +59,16 @@ import torch
 from torch import Tensor
 
 from varattn.errors import VarattnError
+from varattn.latent import Objective
+from varattn.nmt.batching import pad_ids
 from varattn.nmt.model import Encoded, LatentAlignmentNMT
+from varattn.nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
-PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
+__all__ = [
+    "BOS_ID", "EOS_ID", "PAD_ID", "DecodingOptions", "Hypothesis", "Translation", "beam_search", "decode",
+    "greedy_search", "length_penalty", "max_output_length", "next_log_probs", "pad_batch",
+]
+
 NEG_INF = float("-inf")
 #: elements of one (pairs, V) block of the marginal mixture (4 MB of float32)
 MIX_CHUNK_ELEMENTS = 1 << 20
@@ -130,23 +139,52 @@ def max_output_length(src_len: int, max_len_a: float, max_len_b: float) -> int:
     return max(0, int(max_len_a * src_len + max_len_b))
 
 
-def check_options(beam: int = 1, topk: int | None = None, alpha: float = 0.0, eos_norm: float = 0.0,
-                  max_len_a: float = DEFAULT_MAX_LEN_A, max_len_b: float = DEFAULT_MAX_LEN_B,
-                  predictive: str = "marginal") -> None:
-    """Raise ``VarattnError`` for option values a user might get wrong."""
-    if int(beam) != beam or beam < 1:
-        raise VarattnError(f"the beam size must be a positive integer, got {beam}")
-    if topk is not None and (int(topk) != topk or topk < 1):
-        raise VarattnError(f"--topk must be a positive integer, got {topk}")
-    if topk is not None and predictive == "prior-mean":
-        raise VarattnError("--topk (K-max) applies to categorical and soft models, not to the relaxed (Dirichlet) one")
-    for name, value in (("alpha", alpha), ("eos-norm", eos_norm), ("max-len-a", max_len_a)):
-        if not math.isfinite(value) or value < 0:
-            raise VarattnError(f"--{name} must be a finite number >= 0, got {value}")
-    if not math.isfinite(max_len_b):
-        raise VarattnError(f"--max-len-b must be finite, got {max_len_b}")
-    if predictive not in ("marginal", "soft", "prior-mean"):
-        raise VarattnError(f"unknown predictive rule {predictive!r}")
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to search, checked when made: a bad value raises ``VarattnError`` naming its flag.
+
+    Attributes:
+        beam: beam size; 1 is greedy search.
+        topk: K-max: keep only the K best prior positions at each step (None: all).
+        alpha: Wu et al. length-penalty exponent (0: none).
+        eos_norm: the authors' EOS normalisation (0: off).
+        max_len_a, max_len_b: at most ``int(max_len_a * src_len + max_len_b)`` output tokens.
+    """
+
+    beam: int = 5
+    topk: int | None = None
+    alpha: float = DEFAULT_ALPHA
+    eos_norm: float = 0.0
+    max_len_a: float = DEFAULT_MAX_LEN_A
+    max_len_b: float = DEFAULT_MAX_LEN_B
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.beam) or int(self.beam) != self.beam or self.beam < 1:
+            raise VarattnError(f"--beam must be a positive integer, got {self.beam!r}")
+        if self.topk is not None and (not _is_number(self.topk) or int(self.topk) != self.topk or self.topk < 1):
+            raise VarattnError(f"--topk must be a positive integer, got {self.topk!r}")
+        for flag, value in (("alpha", self.alpha), ("eos-norm", self.eos_norm), ("max-len-a", self.max_len_a)):
+            if not _is_number(value) or not math.isfinite(value) or value < 0:
+                raise VarattnError(f"--{flag} must be a finite number >= 0, got {value!r}")
+        if not _is_number(self.max_len_b) or not math.isfinite(self.max_len_b):
+            raise VarattnError(f"--max-len-b must be a finite number, got {self.max_len_b!r}")
+        object.__setattr__(self, "beam", int(self.beam))
+        if self.topk is not None:
+            object.__setattr__(self, "topk", int(self.topk))
+
+    def check_for(self, objective: Objective) -> None:
+        """Raise ``VarattnError`` if these options do not apply to ``objective``'s model."""
+        if self.topk is not None and not objective.supports_kmax:
+            raise VarattnError(f"--topk (K-max) applies to categorical and soft models, not to {objective.name} "
+                               "(its alignment is a Dirichlet)")
+
+    def max_output_length(self, src_len: int) -> int:
+        """Most tokens (``</s>`` not counted) produced for a source of ``src_len`` tokens."""
+        return max_output_length(src_len, self.max_len_a, self.max_len_b)
 
 
 @contextlib.contextmanager
@@ -160,9 +198,9 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def next_log_probs(model: LatentAlignmentNMT, query: Tensor, scores: Tensor, enc: Encoded, predictive: str,
+def next_log_probs(model: LatentAlignmentNMT, query: Tensor, scores: Tensor, enc: Encoded, objective: Objective,
                    context_pre: Tensor | None = None) -> Tensor:
-    """``model.next_token_log_probs``, faster for the marginal rule.
+    """``model.next_token_log_probs`` under ``objective.predictive``, faster for the marginal rule.
 
     For ``marginal``, only the (row, position) pairs with a finite score go through the output
     layer: padding and positions outside the K-max have zero weight, so a batch costs its real
@@ -173,8 +211,8 @@ def next_log_probs(model: LatentAlignmentNMT, query: Tensor, scores: Tensor, enc
     ``model.head.context_part(enc.memory)`` ``(N, S, D)``, which the searches compute once per
     batch. The result equals ``model.next_token_log_probs`` up to float rounding (tested).
     """
-    if predictive != "marginal":
-        return model.next_token_log_probs(query, scores, enc, predictive)
+    if not objective.predicts_mixture:
+        return model.next_token_log_probs(query, scores, enc, objective.predictive)
     head = model.head
     rows, cols = torch.isfinite(scores).nonzero(as_tuple=True)  # (M,) each, row-major
     if context_pre is None:
@@ -194,14 +232,14 @@ def next_log_probs(model: LatentAlignmentNMT, query: Tensor, scores: Tensor, enc
     return out
 
 
-def _context_pre(model: LatentAlignmentNMT, enc: Encoded, predictive: str) -> Tensor | None:
-    return model.head.context_part(enc.memory) if predictive == "marginal" else None
+def _context_pre(model: LatentAlignmentNMT, enc: Encoded, objective: Objective) -> Tensor | None:
+    return model.head.context_part(enc.memory) if objective.predicts_mixture else None
 
 
-def _step_log_probs(model, prev, state, enc, topk, predictive, context_pre):
+def _step_log_probs(model, prev, state, enc, topk, objective, context_pre):
     """One decoder step: (log-probs (N, V) with <pad>/<s> banned, prior (N, S), new state)."""
     query, scores, state = model.step(model.tgt_embed(prev), state, enc, topk)
-    logp = next_log_probs(model, query, scores, enc, predictive, context_pre)
+    logp = next_log_probs(model, query, scores, enc, objective, context_pre)
     logp[:, PAD_ID] = NEG_INF
     logp[:, BOS_ID] = NEG_INF
     return logp, torch.softmax(scores, -1), state
@@ -222,7 +260,7 @@ def _search_scores(logp: Tensor, t: int, src_len: Tensor, max_len: Tensor, eos_n
     return search
 
 
-def _prepare(model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, max_len_a: float, max_len_b: float):
+def _prepare(model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, options: DecodingOptions):
     """Checked inputs on the model's device, the source lengths as a list and each output's length limit.
 
     None for an empty batch.
@@ -235,19 +273,23 @@ def _prepare(model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, max_le
         raise VarattnError("every source sentence needs at least one token")
     device = next(model.parameters()).device
     lengths = src_lengths.tolist()
-    max_lens = [max_output_length(n, max_len_a, max_len_b) for n in lengths]
+    max_lens = [options.max_output_length(n) for n in lengths]
     return src.to(device), src_lengths.to(device), lengths, max_lens
 
 
 @torch.no_grad()
 def greedy_search(
-    model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, predictive: str = "marginal",
-    topk: int | None = None, alpha: float = DEFAULT_ALPHA, eos_norm: float = 0.0,
-    max_len_a: float = DEFAULT_MAX_LEN_A, max_len_b: float = DEFAULT_MAX_LEN_B,
+    model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, objective: Objective,
+    options: DecodingOptions | None = None,
 ) -> list[Hypothesis]:
-    """The most probable next token at every step, for a batch ``src (B, S)`` (no BOS/EOS)."""
-    check_options(1, topk, alpha, eos_norm, max_len_a, max_len_b, predictive)
-    prepared = _prepare(model, src, src_lengths, max_len_a, max_len_b)
+    """The most probable next token at every step, for a batch ``src (B, S)`` (no BOS/EOS).
+
+    ``options.beam`` is not used (greedy search is a beam of one).
+    """
+    options = options or DecodingOptions(beam=1)
+    options.check_for(objective)
+    topk, alpha, eos_norm = options.topk, options.alpha, options.eos_norm
+    prepared = _prepare(model, src, src_lengths, options)
     if prepared is None:
         return []
     src, src_lengths, lengths, max_lens = prepared
@@ -256,7 +298,7 @@ def greedy_search(
     out: list[Hypothesis | None] = [None] * B
     with _eval_mode(model):
         enc = model.encode(src, src_lengths)
-        context_pre = _context_pre(model, enc, predictive)
+        context_pre = _context_pre(model, enc, objective)
         state = model.initial_state(B, device)
         active = torch.arange(B, device=device)
         src_len_f = src_lengths.float()
@@ -267,7 +309,7 @@ def greedy_search(
         search_sum = torch.zeros(B, device=device)
         model_sum = torch.zeros(B, device=device)
         for t in range(max(max_lens) + 1):
-            logp, attn, state = _step_log_probs(model, prev, state, enc, topk, predictive, context_pre)
+            logp, attn, state = _step_log_probs(model, prev, state, enc, topk, objective, context_pre)
             search = _search_scores(logp, t, src_len_f, max_len_t, eos_norm)
             best, tok = search.max(dim=-1)
             search_sum = search_sum + best
@@ -292,18 +334,19 @@ def greedy_search(
 
 @torch.no_grad()
 def beam_search(
-    model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, predictive: str = "marginal",
-    beam: int = 5, topk: int | None = None, alpha: float = DEFAULT_ALPHA, eos_norm: float = 0.0,
-    max_len_a: float = DEFAULT_MAX_LEN_A, max_len_b: float = DEFAULT_MAX_LEN_B, n_best: int = 1,
+    model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, objective: Objective,
+    options: DecodingOptions | None = None, n_best: int = 1,
 ) -> list[list[Hypothesis]]:
     """Batched beam search (rules in the module docstring) for ``src (B, S)`` (no BOS/EOS).
 
-    Returns, per sentence, its ``n_best`` (<= ``beam``) finished hypotheses, best first.
+    Returns, per sentence, its ``n_best`` (<= ``options.beam``) finished hypotheses, best first.
     """
-    check_options(beam, topk, alpha, eos_norm, max_len_a, max_len_b, predictive)
+    options = options or DecodingOptions()
+    options.check_for(objective)
+    beam, topk, alpha, eos_norm = options.beam, options.topk, options.alpha, options.eos_norm
     if not 1 <= n_best <= beam:
         raise VarattnError(f"n_best must be between 1 and the beam size ({beam}), got {n_best}")
-    prepared = _prepare(model, src, src_lengths, max_len_a, max_len_b)
+    prepared = _prepare(model, src, src_lengths, options)
     if prepared is None:
         return []
     src, src_lengths, lengths, max_lens = prepared
@@ -314,7 +357,7 @@ def beam_search(
     with _eval_mode(model):
         rows = torch.arange(B, device=device).repeat_interleave(beam)  # row -> sentence
         enc = model.encode(src, src_lengths)
-        context_pre = _context_pre(model, enc, predictive)
+        context_pre = _context_pre(model, enc, objective)
         enc = enc.select(rows)
         context_pre = None if context_pre is None else context_pre[rows]
         state = model.initial_state(B * beam, device)
@@ -331,7 +374,7 @@ def beam_search(
         ranks = torch.arange(2 * beam, device=device)
         for t in range(max(max_lens) + 1):
             n = len(active)
-            logp, attn, state = _step_log_probs(model, prev, state, enc, topk, predictive, context_pre)
+            logp, attn, state = _step_log_probs(model, prev, state, enc, topk, objective, context_pre)
             search = _search_scores(logp, t, src_len_f, max_len_t, eos_norm)
             cand = (beam_scores.unsqueeze(1) + search).view(n, beam * V)
             k2 = min(2 * beam, beam * V)
@@ -386,24 +429,18 @@ def beam_search(
 
 
 def pad_batch(src_ids: list[list[int]], device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """Id lists -> ``(B, S)`` padded with ``<pad>`` and their lengths ``(B,)``."""
-    width = max((len(s) for s in src_ids), default=0)
-    src = torch.full((len(src_ids), width), PAD_ID, dtype=torch.long)
-    for b, ids in enumerate(src_ids):
-        src[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    return src.to(device), torch.tensor([len(s) for s in src_ids], dtype=torch.long, device=device)
+    """Id lists -> ``(B, S)`` padded with ``<pad>`` and their lengths ``(B,)``, on ``device``."""
+    src, lengths = pad_ids(src_ids)
+    return src.to(device), lengths.to(device)
 
 
-def decode(
-    model: LatentAlignmentNMT, src_ids: list[list[int]], predictive: str = "marginal", beam: int = 5,
-    topk: int | None = None, alpha: float = DEFAULT_ALPHA, eos_norm: float = 0.0,
-    max_len_a: float = DEFAULT_MAX_LEN_A, max_len_b: float = DEFAULT_MAX_LEN_B,
-) -> list[Hypothesis]:
+def decode(model: LatentAlignmentNMT, src_ids: list[list[int]], objective: Objective,
+           options: DecodingOptions | None = None) -> list[Hypothesis]:
     """The best hypothesis for each (non-empty) id list: greedy search for ``beam=1``, else beam search."""
+    options = options or DecodingOptions()
     if not src_ids:
         return []
     src, lengths = pad_batch(src_ids, next(model.parameters()).device)
-    if beam == 1:
-        return greedy_search(model, src, lengths, predictive, topk, alpha, eos_norm, max_len_a, max_len_b)
-    nbest = beam_search(model, src, lengths, predictive, beam, topk, alpha, eos_norm, max_len_a, max_len_b)
-    return [h[0] for h in nbest]
+    if options.beam == 1:
+        return greedy_search(model, src, lengths, objective, options)
+    return [h[0] for h in beam_search(model, src, lengths, objective, options)]

@@ -10,6 +10,8 @@ from varattn.errors import VarattnError
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 SPECIALS = (PAD, UNK, BOS, EOS)
+#: the ids of the special tokens: every vocabulary starts with ``SPECIALS`` in this order
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(len(SPECIALS))
 
 
 class Vocab:
@@ -23,10 +25,10 @@ class Vocab:
         if len(self.stoi) != len(self.itos):
             raise VarattnError("a vocabulary lists the same token twice")
 
-    pad = property(lambda self: 0)
-    unk = property(lambda self: 1)
-    bos = property(lambda self: 2)
-    eos = property(lambda self: 3)
+    pad = property(lambda self: PAD_ID)
+    unk = property(lambda self: UNK_ID)
+    bos = property(lambda self: BOS_ID)
+    eos = property(lambda self: EOS_ID)
 
     @classmethod
     def build(cls, sentences: Iterable[list[str]], max_size: int | None = None, min_freq: int = 1) -> Vocab:
@@ -42,15 +44,15 @@ class Vocab:
         return len(self.itos)
 
     def encode(self, tokens: list[str]) -> list[int]:
-        return [self.stoi.get(t, 1) for t in tokens]
+        return [self.stoi.get(t, UNK_ID) for t in tokens]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         """Tokens for ``ids``, stopping at ``</s>`` and skipping ``<pad>``/``<s>``."""
         out = []
         for i in ids:
-            if i == self.eos:
+            if i == EOS_ID:
                 break
-            if i in (self.pad, self.bos):
+            if i in (PAD_ID, BOS_ID):
                 continue
             out.append(self.itos[i])
         return out

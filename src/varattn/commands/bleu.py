@@ -1,0 +1,43 @@
+"""``varattn bleu``: corpus BLEU of a hypothesis file, tokenized-lowercased and detokenized sacreBLEU."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from varattn.commands.common import input_lines
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bleu", help="corpus BLEU: tokenized-lowercased and detokenized sacreBLEU")
+    p.add_argument("--ref", required=True, help="reference file, one sentence per line")
+    p.add_argument("--hyp", help="hypothesis file (default: stdin)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=run)
+
+
+def quiet_bleu(hyps: list[str], refs: list[str]) -> dict:
+    """``varattn.bleu.corpus_bleu`` without sacrebleu's "tokenized period" warning.
+
+    The tokenized score is computed on tokenized text on purpose, so that warning is noise.
+    """
+    from varattn.bleu import corpus_bleu
+
+    logger = logging.getLogger("sacrebleu")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return corpus_bleu(hyps, refs)
+    finally:
+        logger.setLevel(level)
+
+
+def run(args: argparse.Namespace) -> int:
+    from varattn.bleu import format_bleu
+    from varattn.data.corpus import read_lines
+
+    refs = read_lines(args.ref)
+    result = quiet_bleu(list(input_lines(args.hyp)), refs)
+    print(json.dumps(result) if args.json else format_bleu(result))
+    return 0
