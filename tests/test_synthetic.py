@@ -6,15 +6,14 @@ import random
 
 import pytest
 
+from varattn.align import parse_pharaoh
 from varattn.data.synthetic import (
     CLASS_SIZES,
     MAX_LEN,
     MIN_LEN,
     SyntheticPair,
     SyntheticTask,
-    format_links,
     make_splits,
-    parse_links,
     read_split,
     write_splits,
 )
@@ -183,12 +182,13 @@ def test_make_splits_seed_changes_sentences():
 
 
 def test_links_format_round_trip():
-    links = {(3, 1), (0, 0), (10, 2)}
-    assert format_links(links) == "0-0 3-1 10-2"
-    assert parse_links(format_links(links)) == links
-    assert parse_links("") == set()
+    """The corpus writes and reads its links with varattn.align's Pharaoh functions."""
+    pair = SyntheticPair(["a", "b"], ["x"], {(3, 1), (0, 0), (10, 2)})
+    assert pair.align_line() == "0-0 3-1 10-2"
+    assert parse_pharaoh(pair.align_line()) == pair.links
+    assert parse_pharaoh("") == set()
     with pytest.raises(VarattnError):
-        parse_links("0-0 1:2")
+        parse_pharaoh("0-0 1:2")
 
 
 def test_write_splits_round_trip(tmp_path):

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from varattn.errors import VarattnError
+from varattn.subword import BPE_MARK, SENTENCEPIECE_SPACE
 
 Link = tuple[int, int]
 Gold = tuple[set[Link], set[Link]]
@@ -52,9 +53,6 @@ SUBWORD_STYLES = ("bpe", "sentencepiece", "none")
 
 # One token: source index, a separator, target index.  "-" is a sure link, "?" / "p" possible.
 _TOKEN_RE = re.compile(r"^(-?\d+)([-?p])(-?\d+)$")
-
-BPE_CONTINUATION = "@@"
-SENTENCEPIECE_SPACE = "\u2581"  # "▁", LOWER ONE EIGHTH BLOCK
 
 
 # --------------------------------------------------------------------------- parsing
@@ -244,7 +242,7 @@ def subword_to_word_map(pieces: Sequence[str], style: str) -> list[int]:
         word = 0
         for piece in pieces:
             out.append(word)
-            if not piece.endswith(BPE_CONTINUATION):
+            if not piece.endswith(BPE_MARK):
                 word += 1
         return out
     if style == "sentencepiece":

@@ -12,100 +12,41 @@
     scored with sacrebleu's defaults (13a tokenization, mixed case).  It is comparable across
     tokenizations and is reported with its signature string.
 
-Both sides first have BPE continuation marks removed (:func:`remove_bpe`), so hypotheses and
-references can be given either as subword pieces or as words.
+Both sides first have BPE continuation marks removed (:func:`varattn.subword.remove_bpe`), so
+hypotheses and references can be given either as subword pieces or as words.
 
-Detokenization rules (:func:`detokenize`, English-oriented, rule-based)
------------------------------------------------------------------------
-1. Unescape the Moses XML entities ``&apos; &quot; &amp; &lt; &gt; &#91; &#93; &#124;`` (in a
-   single pass, so ``&amp;apos;`` becomes the literal text ``&apos;``).
-2. Split on whitespace and re-join the tokens with single spaces, except:
-
-   * no space before closing punctuation ``. , ! ? ; : ) ] } %`` and ``...``;
-   * no space after opening brackets ``( [ {`` and the currency signs ``$ £ €``;
-   * no space before clitics: a token made of an apostrophe and letters (``'s``, ``'t``,
-     ``'re``, ``'ll``...) joins the previous token, so ``it &apos;s`` → ``it's`` and
-     ``don &apos;t`` → ``don't``; the Penn-Treebank form ``n't`` also joins (``do n't`` →
-     ``don't``);
-   * Moses "aggressive" split markers ``@-@`` (and any ``@x@`` with one character ``x``) join
-     both neighbours: ``well @-@ known`` → ``well-known``;
-   * a lone apostrophe ``'`` right after a word ending in ``s`` (no single quote open) is a
-     plural possessive and joins the previous token: ``the students ' books`` →
-     ``the students' books``;
-   * otherwise straight double quotes ``"`` and lone apostrophes ``'`` alternate between
-     opening (joined to the next token) and closing (joined to the previous token).
+Detokenization (:func:`detokenize`) is sacremoses' Moses detokenizer (English rules by
+default), which also undoes Moses' XML escapes. On the IWSLT'14 de-en test and validation
+references it agrees with the hand-written rules this module used before on all but 4 of
+14032 lines (curly quotes and ``..``), and the detokenized BLEU of a hypothesis file (the
+reference with 10% of its tokens dropped and 5% of neighbours swapped) moved by less than
+0.001: 65.6713 -> 65.6706 on test, 65.8149 both ways on valid.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 from sacrebleu.metrics import BLEU
 
 from varattn.errors import VarattnError
+from varattn.subword import remove_bpe
 
-_MOSES_ENTITIES = {
-    "&apos;": "'",
-    "&quot;": '"',
-    "&amp;": "&",
-    "&lt;": "<",
-    "&gt;": ">",
-    "&#91;": "[",
-    "&#93;": "]",
-    "&#124;": "|",
-}
-_ENTITY_RE = re.compile("|".join(re.escape(e) for e in _MOSES_ENTITIES))
-
-_CLOSING = {".", ",", "!", "?", ";", ":", ")", "]", "}", "%", "..."}
-_OPENING = {"(", "[", "{", "$", "£", "€"}
-_QUOTES = {'"', "'"}
-_CLITIC_RE = re.compile(r"^'[^\W\d_]+$")
-_JOINER_RE = re.compile(r"^@(.)@$")
+__all__ = ["corpus_bleu", "detokenize", "format_bleu", "remove_bpe"]
 
 
-def remove_bpe(line: str) -> str:
-    """Remove subword-nmt BPE continuation marks: ``"the cat@@ s sat"`` → ``"the cats sat"``."""
-    line = line.replace("@@ ", "")
-    if line.endswith("@@"):
-        line = line[:-2]
-    return line
+@cache
+def _detokenizer(lang: str):
+    from sacremoses import MosesDetokenizer
+
+    return MosesDetokenizer(lang=lang)
 
 
-def unescape_moses(text: str) -> str:
-    """Replace Moses' XML escapes (``&apos;``, ``&quot;``, ``&amp;``...) by their characters."""
-    return _ENTITY_RE.sub(lambda m: _MOSES_ENTITIES[m.group(0)], text)
-
-
-def detokenize(line: str) -> str:
-    """Detokenize one Moses-tokenized English line (rules in the module docstring)."""
-    out = ""
-    glue_next = True  # no space before the next token (true at the start of the line)
-    open_quote = {q: False for q in _QUOTES}
-    for token in unescape_moses(line).split():
-        joiner = _JOINER_RE.match(token)
-        if joiner:
-            out += joiner.group(1)
-            glue_next = True
-            continue
-        if token == "'" and not open_quote[token] and out.endswith(("s", "S")):
-            glue_before, glue_after = True, False  # plural possessive: "the students' books"
-        elif token in _QUOTES:
-            closing = open_quote[token]
-            open_quote[token] = not closing
-            glue_before, glue_after = closing, not closing
-        elif token in _CLOSING or _CLITIC_RE.match(token) or token.lower() == "n't":
-            glue_before, glue_after = True, False
-        elif token in _OPENING:
-            glue_before, glue_after = False, True
-        else:
-            glue_before, glue_after = False, False
-        if out and not (glue_next or glue_before):
-            out += " "
-        out += token
-        glue_next = glue_after
-    return out
+def detokenize(line: str, lang: str = "en") -> str:
+    """Detokenize one Moses-tokenized line with sacremoses (XML escapes such as ``&apos;`` undone)."""
+    return _detokenizer(lang).detokenize(line.split())
 
 
 def _clean(lines: Sequence[str], what: str) -> list[str]:
@@ -117,7 +58,7 @@ def _clean(lines: Sequence[str], what: str) -> list[str]:
     return cleaned
 
 
-def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
+def corpus_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str = "en") -> dict[str, Any]:
     """Corpus BLEU of ``hyps`` against one reference each, computed two ways.
 
     Returns a dict with ``tok_bleu`` (tokenized, lowercased BLEU on the given text),
@@ -141,7 +82,7 @@ def corpus_bleu(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
 
     sacre_metric = BLEU()
     sacre_score = sacre_metric.corpus_score(
-        [detokenize(h) for h in hyp_tok], [[detokenize(r) for r in ref_tok]]
+        [detokenize(h, lang) for h in hyp_tok], [[detokenize(r, lang) for r in ref_tok]]
     )
 
     return {

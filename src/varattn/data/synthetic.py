@@ -52,13 +52,12 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from varattn.align import Link, format_pharaoh, parse_pharaoh
 from varattn.errors import VarattnError
-
-Link = tuple[int, int]
 
 # Class sizes of the source language (32 word types in all).
 CLASS_SIZES: dict[str, int] = {"DET": 3, "ADJ": 6, "NOUN": 10, "VERB": 8, "PREP": 3, "ADV": 2}
@@ -96,23 +95,7 @@ class SyntheticPair:
 
     def align_line(self) -> str:
         """The links as one Pharaoh line: sorted ``i-j`` tokens, 0-based, source first."""
-        return format_links(self.links)
-
-
-def format_links(links: Iterable[Link]) -> str:
-    """Sorted, space-separated 0-based Pharaoh ``i-j`` tokens (source index first)."""
-    return " ".join(f"{i}-{j}" for i, j in sorted(links))
-
-
-def parse_links(line: str) -> set[Link]:
-    """Parse a 0-based Pharaoh line ``"0-0 1-2"`` into a set of ``(src, tgt)`` links."""
-    links: set[Link] = set()
-    for token in line.split():
-        parts = token.split("-")
-        if len(parts) != 2 or not parts[0].isdigit() or not parts[1].isdigit():
-            raise VarattnError(f"bad alignment token {token!r} (expected 0-based 'i-j')")
-        links.add((int(parts[0]), int(parts[1])))
-    return links
+        return format_pharaoh(self.links)
 
 
 def _pseudo_word(rng: random.Random, consonants: str, vowels: str, closed: bool) -> str:
@@ -360,7 +343,7 @@ def write_splits(out_dir: str | os.PathLike[str], splits: Mapping[str, Sequence[
                 for pair in pairs:
                     fs.write(" ".join(pair.src) + "\n")
                     ft.write(" ".join(pair.tgt) + "\n")
-                    fa.write(format_links(pair.links) + "\n")
+                    fa.write(format_pharaoh(pair.links) + "\n")
         sizes = ", ".join(f"{name} ({len(pairs)} pairs)" for name, pairs in splits.items())
         (out / "README.txt").write_text(_README.format(splits=sizes), encoding="utf-8")
     except OSError as exc:
@@ -384,6 +367,6 @@ def read_split(data_dir: str | os.PathLike[str], name: str) -> list[SyntheticPai
     if len(set(counts.values())) != 1:
         raise VarattnError(f"split {name!r} in {str(base)!r} has unequal line counts: {counts}")
     return [
-        SyntheticPair(src=s.split(), tgt=t.split(), links=parse_links(a))
+        SyntheticPair(src=s.split(), tgt=t.split(), links=parse_pharaoh(a))
         for s, t, a in zip(texts["src"], texts["tgt"], texts["align"])
     ]

@@ -171,9 +171,9 @@ def _words(seg, line: str, pieces: list[str], piece_map: list[int]) -> list[str]
     grouped: list[str] = [""] * n_words
     for piece, w in zip(pieces, piece_map):
         grouped[w] += piece
-    from varattn.align import BPE_CONTINUATION, SENTENCEPIECE_SPACE
+    from varattn.subword import BPE_MARK, SENTENCEPIECE_SPACE
 
-    return [g.replace(BPE_CONTINUATION, "").replace(SENTENCEPIECE_SPACE, "") or g for g in grouped]
+    return [g.replace(BPE_MARK, "").replace(SENTENCEPIECE_SPACE, "") or g for g in grouped]
 
 
 def check_threshold(threshold: float | None) -> None:

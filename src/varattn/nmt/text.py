@@ -17,12 +17,7 @@ import io
 from pathlib import Path
 
 from varattn.errors import VarattnError
-
-BPE_MARK = "@@"
-
-
-def has_bpe_marks(lines: list[str], sample: int = 2000) -> bool:
-    return any(BPE_MARK + " " in line or line.endswith(BPE_MARK) for line in lines[:sample])
+from varattn.subword import has_bpe_marks, remove_bpe
 
 
 class Segmenter:
@@ -59,9 +54,7 @@ class Segmenter:
         if self._sp is not None:
             return " ".join(tokens) if keep_bpe else self._sp.decode(tokens)
         text = " ".join(tokens)
-        if keep_bpe:
-            return text
-        return text.replace(BPE_MARK + " ", "").removesuffix(BPE_MARK)
+        return text if keep_bpe else remove_bpe(text)
 
     def words(self, line: str) -> list[str]:
         """The user's words for ``line`` (what word alignments index into)."""
