@@ -203,3 +203,31 @@ def test_relaxed_importance_estimate_agrees_with_prior_sampling():
     # both estimators have relative standard error below 0.5% here; tolerance 0.03 nats
     torch.testing.assert_close(estimate, direct, atol=0.03, rtol=0)
     assert math.isfinite(float(estimate.sum()))
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_expected_alignments_per_mode(mode):
+    """``prior_log_mean``/``posterior_mean``: categorical probabilities, or Dirichlet means from torch.distributions."""
+    toy = make_toy(3, lengths=[4, 2])
+    problem = toy.problem()
+    # softplus concentrations: their Dirichlet mean differs from the softmax of the scores
+    objective = make_objective(mode, **({"concentration": "softplus"} if mode == "var-relaxed" else {}))
+    log_mean = objective.prior_log_mean(problem).detach()  # (B, T, S)
+    post = objective.posterior_mean(problem).detach() if objective.uses_posterior else None
+    for b, n in enumerate([4, 2]):
+        assert torch.isinf(log_mean[b, :, n:]).all()
+        for t in range(log_mean.shape[1]):
+            prior_scores, post_scores = problem.prior_scores[b, t, :n], problem.posterior_scores[b, t, :n]
+            if objective.alignment_is_dirichlet:
+                concentration = torch.nn.functional.softplus
+                expected = torch.distributions.Dirichlet(concentration(prior_scores) + 1e-3).mean
+                expected_post = torch.distributions.Dirichlet(concentration(post_scores) + 1e-3).mean
+                assert not torch.allclose(expected, torch.softmax(prior_scores, -1))
+            else:
+                expected, expected_post = torch.softmax(prior_scores, -1), torch.softmax(post_scores, -1)
+            torch.testing.assert_close(log_mean[b, t, :n].exp(), expected.detach())
+            if post is not None:
+                torch.testing.assert_close(post[b, t, :n], expected_post.detach())
+                assert not post[b, t, n:].any()
+    assert objective.supports_kmax == (not objective.alignment_is_dirichlet)
+    assert (objective.importance_samples is not None) == objective.alignment_is_dirichlet

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from varattn.align import Link
 from varattn.commands.common import (
     STDIO,
     add_corpus_arguments,
@@ -101,11 +102,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_alignments(args, trained, src, tgt, src_name: str, tgt_name: str,
-                      keep: bool) -> list[set[tuple[int, int]]]:
+                      keep: bool) -> list[set[Link]]:
     """Align in batches, writing and flushing each batch's lines; returns the links if ``keep``."""
     from varattn.align import format_pharaoh
 
-    hyps: list[set[tuple[int, int]]] = []
+    hyps: list[set[Link]] = []
     with output_stream(args.output) as out:
         done = 0
         for chunk in chunks(paired(src, tgt, src_name, tgt_name), args.batch_size):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from varattn.align import Link
 from varattn.commands.common import (
     add_run_arguments,
     check_batch_size,
@@ -62,7 +63,7 @@ def decoding_options(args: argparse.Namespace):
                            max_len_a=args.max_len_a, max_len_b=args.max_len_b)
 
 
-def word_links(translation, src_style: str, tgt_style: str, keep_bpe: bool = False) -> set[tuple[int, int]]:
+def word_links(translation, src_style: str, tgt_style: str, keep_bpe: bool = False) -> set[Link]:
     """Pharaoh links ``(src, tgt)`` from the argmax of the prior at each produced piece.
 
     Indices are 0-based words (pieces merged per ``src_style``/``tgt_style``), or pieces with

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from varattn.align import Link
 from varattn.checkpoint import load_json
 from varattn.data.corpus import read_lines, read_parallel, resolve_pair
 from varattn.data.synthetic import make_splits
@@ -25,7 +26,7 @@ class Pairs:
 
     src: list[list[str]]
     tgt: list[list[str]]
-    links: list[set[tuple[int, int]]] | None = None
+    links: list[set[Link]] | None = None
     summary: str = ""
 
     def __len__(self) -> int:
