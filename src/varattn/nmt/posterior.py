@@ -86,7 +86,7 @@ def _batch_matrices(trained, src_ids: list[list[int]], tgt_ids: list[list[int]],
     probabilities, or Dirichlet means for the relaxed model).
     """
     model, objective = trained.model, trained.objective
-    batch = collate(src_ids, tgt_ids, list(range(len(src_ids))))
+    batch = collate(src_ids, tgt_ids)
     problem = model.problem(batch, with_posterior="posterior" in methods)
     mask = problem.mask3  # (B, 1, S)
     log_prior = objective.prior_log_mean(problem)  # (B, T, S)
