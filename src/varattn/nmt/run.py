@@ -118,6 +118,8 @@ class TrainedModel:
         """
         if options is None:
             options = DecodingOptions(**settings)
+        elif not isinstance(options, DecodingOptions):
+            raise VarattnError(f"options must be a DecodingOptions, got {options!r}; give settings by name (beam=5)")
         elif settings:
             raise VarattnError(f"give either options or {', '.join(settings)}, not both")
         options.check_for(self.objective)
