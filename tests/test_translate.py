@@ -302,6 +302,14 @@ def test_translate_api(trained, source_lines):
     one = trained.translate([source_lines[0]], beam=3)[0]
     assert one.tokens == out[0].tokens  # batching and sorting do not change results
     assert trained.translate([], beam=3) == []
+    same = trained.translate(lines, DecodingOptions(beam=3), batch_size=2)
+    assert [t.tokens for t in same] == [t.tokens for t in out]
+    with pytest.raises(VarattnError, match="DecodingOptions"):
+        trained.translate(lines, 3)  # the search settings are one object, or named
+    with pytest.raises(VarattnError, match="not both"):
+        trained.translate(lines, DecodingOptions(beam=3), beam=2)
+    with pytest.raises(VarattnError, match="--beam"):
+        trained.translate(lines, beam=0)
 
 
 def test_long_line_is_truncated_with_a_warning(trained, source_lines, caplog):
