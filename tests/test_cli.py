@@ -16,8 +16,8 @@ import pytest
 import varattn
 from varattn.cli import COMMAND_MODULES, build_parser, main
 
-TINY = ["model.embed_dim=8", "model.encoder_hidden=8", "model.decoder_hidden=8", "model.attention_dim=8",
-        "model.output_hidden=8", "model.inference_hidden=8", "synthetic_sizes=[40,8,8]", "valid_batch_size=8"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SUBCOMMANDS = {"train", "evaluate", "translate", "bleu", "align", "plot", "plot-metrics", "toy-data"}
 
 
@@ -30,13 +30,8 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from varattn.nmt.config import load_config
-    from varattn.nmt.train import train
-
-    path = tmp_path_factory.mktemp("cli") / "run"
-    train(load_config("toy", {"max_steps": 2, "mode": "marginal"}, TINY), path, progress=False, tensorboard=False)
-    return path
+def run_dir(tiny_run):
+    return tiny_run("marginal")
 
 
 @pytest.fixture(scope="module")

@@ -25,28 +25,13 @@ from varattn.nmt.run import load_run
 from varattn.nmt.train import train
 from varattn.nmt.vocab import Vocab
 
-TINY = [
-    "model.embed_dim=8", "model.encoder_hidden=8", "model.decoder_hidden=16", "model.attention_dim=8",
-    "model.output_hidden=16", "model.inference_hidden=8", "synthetic_sizes=[60, 8, 8]", "batch_size=16",
-    "valid_batch_size=8", "threads=1",
-]
+from conftest import SMALL, one_line_error, set_flags
 
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def _no_gpu(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-
-
-def _one_line_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_auto_is_the_gpu_when_there_is_one(monkeypatch):
@@ -83,16 +68,16 @@ def test_training_on_a_missing_gpu_fails_before_writing_anything(tmp_path, monke
     _no_gpu(monkeypatch)
     out = tmp_path / "run"
     code = main(["train", "--out", str(out), "--device", "cuda", "--max-steps", "1", "--no-progress",
-                 "--no-tensorboard", *sum((["--set", s] for s in TINY), [])])
+                 "--no-tensorboard", *set_flags(SMALL)])
     assert code == 2
-    assert "sees no CUDA GPU" in _one_line_error(capsys.readouterr().err)
+    assert "sees no CUDA GPU" in one_line_error(capsys.readouterr().err)
     assert not out.exists()
 
 
 @pytest.fixture(scope="module")
 def cpu_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("device") / "run"
-    cfg = load_config("toy", {"mode": "var-sample", "max_steps": 2, "epochs": 100, "device": "cpu"}, TINY)
+    cfg = load_config("toy", {"mode": "var-sample", "max_steps": 2, "epochs": 100, "device": "cpu"}, SMALL)
     train(cfg, run_dir, progress=False, tensorboard=False)
     return run_dir
 
@@ -108,7 +93,7 @@ def test_commands_on_a_missing_gpu_are_one_line_errors(cpu_run, tmp_path, monkey
     src.write_text("a b c\n", encoding="utf-8")
     code = main([a.format(run=cpu_run, src=src) for a in argv])
     assert code == 2
-    assert "sees no CUDA GPU" in _one_line_error(capsys.readouterr().err)
+    assert "sees no CUDA GPU" in one_line_error(capsys.readouterr().err)
 
 
 def test_explicit_cpu_gives_the_same_numbers_as_auto(cpu_run, capsys):
@@ -123,9 +108,9 @@ def test_explicit_cpu_gives_the_same_numbers_as_auto(cpu_run, capsys):
 def test_the_device_may_change_on_resume(tmp_path):
     """``device`` is a resumable key: a run may move between machines (here: auto -> cpu, the same)."""
     whole, split = tmp_path / "whole", tmp_path / "split"
-    train(load_config("toy", {"mode": "var-sample", "max_steps": 4, "epochs": 100}, TINY), whole,
+    train(load_config("toy", {"mode": "var-sample", "max_steps": 4, "epochs": 100}, SMALL), whole,
           progress=False, tensorboard=False)
-    train(load_config("toy", {"mode": "var-sample", "max_steps": 2, "epochs": 100}, TINY), split,
+    train(load_config("toy", {"mode": "var-sample", "max_steps": 2, "epochs": 100}, SMALL), split,
           progress=False, tensorboard=False)
     assert main(["train", "--resume", str(split), "--max-steps", "4", "--device", "cpu", "--no-progress",
                  "--no-tensorboard"]) == 0
@@ -135,7 +120,7 @@ def test_the_device_may_change_on_resume(tmp_path):
 
 
 def _tiny_problem(mode: str):
-    cfg = load_config("toy", {"mode": mode}, [*TINY, "model.dropout=0.0"])
+    cfg = load_config("toy", {"mode": mode}, [*SMALL, "model.dropout=0.0"])
     pairs = synthetic_pairs(cfg)["train"]
     src_vocab, tgt_vocab = Vocab.build(pairs.src), Vocab.build(pairs.tgt)
     batch = encode_pairs(pairs, src_vocab, tgt_vocab).batches(16)[0]
@@ -178,7 +163,7 @@ def test_bf16_autocast_runs_products_in_bf16_and_keeps_losses_and_gradients_fp32
 def test_training_in_bf16_and_evaluating_in_fp32(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--mode", "var-sample", "--out", str(run), "--max-steps", "3", "--no-progress",
-                 "--no-tensorboard", "--set", "precision=bf16", *sum((["--set", s] for s in TINY), [])]) == 0
+                 "--no-tensorboard", "--set", "precision=bf16", *set_flags(SMALL)]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(run), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -187,10 +172,10 @@ def test_training_in_bf16_and_evaluating_in_fp32(tmp_path, capsys):
     assert records[-1]["split"] == "valid" and records[-1]["step"] == 3
 
 
-def test_an_unknown_precision_is_a_one_line_error(tmp_path, capsys):
+def test_an_unknown_precision_is_aone_line_error(tmp_path, capsys):
     code = main(["train", "--out", str(tmp_path / "run"), "--set", "precision=fp16", "--no-progress"])
     assert code == 2
-    assert "precision must be fp32 or bf16, got 'fp16'" in _one_line_error(capsys.readouterr().err)
+    assert "precision must be fp32 or bf16, got 'fp16'" in one_line_error(capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
 
 
@@ -200,7 +185,7 @@ def test_bf16_without_kernels_is_a_one_line_error_before_anything_is_written(tmp
     code = main(["train", "--out", str(tmp_path / "run"), "--set", "precision=bf16", "--no-progress"])
     assert code == 2
     assert "precision bf16 was asked for, but this CPU has no bfloat16 LSTM kernel" in \
-        _one_line_error(capsys.readouterr().err)
+        one_line_error(capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
 
 

@@ -9,29 +9,21 @@ import pytest
 import torch
 
 import varattn
-from varattn.cli import main
 from varattn.latent import mode_names
 from varattn.nmt.config import load_config
 from varattn.nmt.evaluate import evaluate
 from varattn.nmt.train import train
 
-TINY = [
-    "model.embed_dim=8", "model.encoder_hidden=8", "model.decoder_hidden=16", "model.attention_dim=8",
-    "model.output_hidden=16", "model.inference_hidden=8", "synthetic_sizes=[120, 12, 12]", "batch_size=16",
-    "valid_batch_size=5",
-]
+from conftest import SMALL, cli, set_flags
 
-
-def tiny_run(tmp_path, mode: str, steps: int = 4, name: str | None = None):
-    cfg = load_config("toy", {"mode": mode, "max_steps": steps}, TINY)
-    out = tmp_path / (name or mode)
-    result = train(cfg, out, progress=False, tensorboard=False)
-    return out, result
+pytestmark = pytest.mark.usefixtures("restore_threads")
+STEPS = 4  # the shared SMALL runs of this module: four updates in each mode
 
 
 @pytest.mark.parametrize("mode", mode_names())
-def test_every_mode_trains_and_reloads_identically(tmp_path, mode):
-    run_dir, result = tiny_run(tmp_path, mode)
+def test_every_mode_trains_and_reloads_identically(tiny_run, mode):
+    run_dir = tiny_run(mode, STEPS, SMALL)
+    result = tiny_run.result(run_dir)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records and all(math.isfinite(r["ppl"]) for r in records)
     assert result["step"] == 4
@@ -80,9 +72,8 @@ def _brute_force_log_prob(model, src: list[int], tgt: list[int], tgt_vocab) -> f
 
 
 @pytest.mark.parametrize("mode", ["marginal", "var-enum"])
-def test_exact_perplexity_equals_brute_force(tmp_path, mode):
-    run_dir, _ = tiny_run(tmp_path, mode, steps=3)
-    trained = varattn.load(run_dir)
+def test_exact_perplexity_equals_brute_force(tiny_run, mode):
+    trained = varattn.load(tiny_run(mode, STEPS, SMALL))
     src = ["ba su date dumu", "sero rugi di tasome si"]
     tgt = ["foj xafiv", "zywoz hezoj juzaz wyf zij zej"]
     scored = trained.score(src, tgt)
@@ -104,18 +95,12 @@ def test_embedded_default_learns(tmp_path):
     assert result["accuracy"] > 0.9
 
 
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_train_and_evaluate_json(tmp_path, capsys):
     run = tmp_path / "r"
-    code, out, _ = _cli(capsys, "train", "--mode", "var-sample", "--out", str(run), "--max-steps", "3",
-                        "--no-tensorboard", *[f"--set={s}" for s in TINY])
+    code, out, _ = cli(capsys, "train", "--mode", "var-sample", "--out", str(run), "--max-steps", "3",
+                        "--no-tensorboard", *set_flags(SMALL))
     assert code == 0 and "exact perplexity" in out
-    code, out, _ = _cli(capsys, "evaluate", str(run), "--json", "--topk", "2")
+    code, out, _ = cli(capsys, "evaluate", str(run), "--json", "--topk", "2")
     record = json.loads(out)
     assert code == 0
     for key in ("ppl", "elbo_ppl", "tokens", "prior_entropy", "kmax_ppl"):
@@ -126,9 +111,8 @@ def test_cli_train_and_evaluate_json(tmp_path, capsys):
     assert (run / "run.json").is_file() and (run / "vocab.src.txt").is_file()
 
 
-def test_topk_equal_to_source_length_is_exact(tmp_path):
-    run_dir, _ = tiny_run(tmp_path, "marginal", steps=2)
-    trained = varattn.load(run_dir)
+def test_topk_equal_to_source_length_is_exact(tiny_run):
+    trained = varattn.load(tiny_run("marginal", STEPS, SMALL))
     batches = _valid_batches(trained)
     longest = max(b.src.shape[1] for b in batches)
     result = evaluate(trained.model, trained.objective, batches, topk=longest)
@@ -150,7 +134,7 @@ def test_files_with_bpe_and_sentencepiece(tmp_path):
             (d / f"{split}.de").write_text("\n".join(src_lines) + "\n")
             (d / f"{split}.en").write_text("\n".join(tgt_lines) + "\n")
         cfg = load_config("toy", {"train": str(d / "train"), "valid": str(d / "valid"), "max_steps": 2,
-                                  "subword_vocab_size": 30 if kind == "raw" else 8000}, TINY)
+                                  "subword_vocab_size": 30 if kind == "raw" else 8000}, SMALL)
         train(cfg, d / "run", progress=False, tensorboard=False)
         trained = varattn.load(d / "run")
         expected = "none" if kind == "bpe" else "sentencepiece"
@@ -172,7 +156,7 @@ def test_files_with_bpe_and_sentencepiece(tmp_path):
     ],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, argv, needle):
-    code, _, err = _cli(capsys, *argv, *(["--out", str(tmp_path / "o")] if argv[0] == "train" else []))
+    code, _, err = cli(capsys, *argv, *(["--out", str(tmp_path / "o")] if argv[0] == "train" else []))
     assert code == 2
     assert needle in err
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -184,28 +168,27 @@ def test_unequal_line_counts_stop_before_writing(tmp_path, capsys):
     for side in ("de", "en"):
         (tmp_path / f"valid.{side}").write_text("a\n")
     out = tmp_path / "run"
-    code, _, err = _cli(capsys, "train", "--train", str(tmp_path / "train"), "--valid", str(tmp_path / "valid"),
+    code, _, err = cli(capsys, "train", "--train", str(tmp_path / "train"), "--valid", str(tmp_path / "valid"),
                         "--out", str(out))
     assert code == 2 and "2 lines" in err and "1 lines" in err and "train.de" in err
     assert not (out / "run.json").exists()
 
 
-def test_refuses_to_overwrite_a_run(tmp_path, capsys):
-    run_dir, _ = tiny_run(tmp_path, "soft", steps=1)
-    code, _, err = _cli(capsys, "train", "--out", str(run_dir), "--max-steps", "1")
+def test_refuses_to_overwrite_a_run(tiny_run, capsys):
+    run_dir = tiny_run("soft", STEPS, SMALL)
+    code, _, err = cli(capsys, "train", "--out", str(run_dir), "--max-steps", "1")
     assert code == 2 and "--resume" in err
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 7, 100_000])
-def test_predicted_tokens_are_the_argmax_of_the_exact_next_word_distribution(tmp_path, chunk_rows):
+def test_predicted_tokens_are_the_argmax_of_the_exact_next_word_distribution(tiny_run, chunk_rows):
     """Accuracy's guesses against a plain per-token computation of ``log sum_i p_i f(x, i)``.
 
     Padded batches of unequal lengths; chunk sizes from one pair at a time to everything at once.
     """
     from varattn.nmt.evaluate import predicted_tokens
 
-    run_dir, _ = tiny_run(tmp_path, "marginal", steps=2)
-    trained = varattn.load(run_dir, "last")
+    trained = varattn.load(tiny_run("marginal", STEPS, SMALL), "last")
     model, head = trained.model, trained.model.head
     torch.manual_seed(0)
     with torch.no_grad():  # wide weights: peaked priors and output distributions that differ by position

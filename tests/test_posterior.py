@@ -15,34 +15,14 @@ from varattn.errors import VarattnError
 from varattn.nmt.posterior import alignment_matrices, has_posterior, modes_with_posterior
 from varattn.nmt.run import load_run
 
-TINY = ["model.embed_dim=8", "model.encoder_hidden=8", "model.decoder_hidden=8", "model.attention_dim=8",
-        "model.output_hidden=8", "model.inference_hidden=8", "synthetic_sizes=[40,8,8]", "valid_batch_size=8",
-        "threads=1"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_run(path, mode, steps=3):
-    from varattn.nmt.config import load_config
-    from varattn.nmt.train import train
-
-    cfg = load_config("toy", {"max_steps": steps, "mode": mode}, TINY)
-    train(cfg, path, progress=False, tensorboard=False)
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("posterior")
-    return {mode: make_run(base / mode, mode) for mode in ("var-enum", "soft", "marginal", "var-relaxed")}
+def runs(tiny_run):
+    return {mode: tiny_run(mode) for mode in ("var-enum", "soft", "marginal", "var-relaxed")}
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 import varattn
 import varattn.nmt.task as task_module
 from varattn.checkpoint import load_checkpoint
-from varattn.cli import main
 from varattn.errors import VarattnError
 from varattn.latent.objectives import LossTerms
 from varattn.nmt.config import TrainConfig, load_config
@@ -35,24 +34,17 @@ from varattn.nmt.train import train
 from varattn.nmt.train import trainer as make_trainer
 from varattn.training import Trainer
 
-# Sizes as in test_nmt.py; one thread, so that runs in and out of process do the same arithmetic.
-TINY = [
-    "model.embed_dim=8", "model.encoder_hidden=8", "model.decoder_hidden=16", "model.attention_dim=8",
-    "model.output_hidden=16", "model.inference_hidden=8", "synthetic_sizes=[120, 12, 12]", "batch_size=16",
-    "valid_batch_size=5", "threads=1",
-]
+from conftest import SMALL, cli, one_line_error, set_flags
+
 TIMING_KEYS = ("tokens_per_s",)
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+# One thread (SMALL sets threads=1), so that runs in and out of process do the same arithmetic.
+pytestmark = pytest.mark.usefixtures("restore_threads")
 
 
 def _config(mode: str, steps: int, *extra: str, **flags) -> TrainConfig:
-    return load_config("toy", {"mode": mode, "max_steps": steps, "epochs": 100, **flags}, [*TINY, *extra])
+    return load_config("toy", {"mode": mode, "max_steps": steps, "epochs": 100, **flags}, [*SMALL, *extra])
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -79,18 +71,6 @@ def _assert_same_runs(one: Path, two: Path) -> None:
         if name != "resume":
             assert ma == mb
     assert _records(one) == _records(two)
-
-
-def _cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 class Crash(Exception):
@@ -173,18 +153,18 @@ def test_training_leaves_python_and_numpy_generators_alone(tmp_path):
 
 def test_resume_errors_are_clear(tmp_path, capsys):
     run_dir = tmp_path / "r"
-    code, _, _ = _cli(capsys, "train", "--mode", "soft", "--out", run_dir, "--max-steps", 3, "--no-tensorboard",
-                      "--no-progress", *[f"--set={s}" for s in TINY])
+    code, _, _ = cli(capsys, "train", "--mode", "soft", "--out", run_dir, "--max-steps", 3, "--no-tensorboard",
+                      "--no-progress", *set_flags(SMALL))
     assert code == 0
 
     # a finished run: nothing to do, said so, and nothing changes
     before = (run_dir / "metrics.jsonl").read_bytes()
-    code, _, err = _cli(capsys, "train", "--resume", run_dir, "--no-tensorboard", "--no-progress")
-    assert code == 2 and "already finished" in _one_line_error(err) and "--max-steps" in err
+    code, _, err = cli(capsys, "train", "--resume", run_dir, "--no-tensorboard", "--no-progress")
+    assert code == 2 and "already finished" in one_line_error(err) and "--max-steps" in err
     assert (run_dir / "metrics.jsonl").read_bytes() == before
 
     # ... but it can be extended, and the new limit is remembered
-    code, out, _ = _cli(capsys, "train", "--resume", run_dir, "--max-steps", 5, "--no-tensorboard", "--no-progress")
+    code, out, _ = cli(capsys, "train", "--resume", run_dir, "--max-steps", 5, "--no-tensorboard", "--no-progress")
     assert code == 0 and "step 5" in out
     assert json.loads((run_dir / "run.json").read_text())["config"]["max_steps"] == 5
 
@@ -194,17 +174,17 @@ def test_resume_errors_are_clear(tmp_path, capsys):
 
     # no resume/ (the run died before its first save)
     shutil.rmtree(run_dir / "resume")
-    code, _, err = _cli(capsys, "train", "--resume", run_dir, "--max-steps", 9, "--no-tensorboard")
-    assert code == 2 and "no resume/ checkpoint" in _one_line_error(err)
+    code, _, err = cli(capsys, "train", "--resume", run_dir, "--max-steps", 9, "--no-tensorboard")
+    assert code == 2 and "no resume/ checkpoint" in one_line_error(err)
 
     # --out that cannot be a run directory
     (tmp_path / "a-file").write_text("x")
-    code, _, err = _cli(capsys, "train", "--out", tmp_path / "a-file", "--max-steps", 1, "--no-tensorboard")
-    assert code == 2 and "is a file" in _one_line_error(err)
+    code, _, err = cli(capsys, "train", "--out", tmp_path / "a-file", "--max-steps", 1, "--no-tensorboard")
+    assert code == 2 and "is a file" in one_line_error(err)
 
     # not a run at all
-    code, _, err = _cli(capsys, "train", "--resume", tmp_path / "nothing-here", "--no-tensorboard")
-    assert code == 2 and "nothing to resume" in _one_line_error(err)
+    code, _, err = cli(capsys, "train", "--resume", tmp_path / "nothing-here", "--no-tensorboard")
+    assert code == 2 and "nothing to resume" in one_line_error(err)
 
 
 def test_resume_from_files_reuses_the_saved_segmentation(tmp_path):
@@ -237,7 +217,7 @@ def test_resume_from_files_reuses_the_saved_segmentation(tmp_path):
 # -- 2. SIGKILL during training -------------------------------------------------------------------
 
 KILL_STEPS = 48
-KILL_SETS = [*TINY, "model.dropout=0.1", "save_every=3", "log_every=2", "epochs=100"]
+KILL_SETS = [*SMALL, "model.dropout=0.1", "save_every=3", "log_every=2", "epochs=100"]
 
 
 def _wait_for_new_save(proc: subprocess.Popen, meta: Path, after: int | None, limit: float = 60.0) -> bool:
@@ -307,7 +287,7 @@ STOP_STEPS = 60
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_saves_resume_state_and_exits_cleanly_then_resume_matches(tmp_path, sig):
     run_dir = tmp_path / "stopped"
-    sets = [*TINY, "model.dropout=0.1", "save_every=0", "log_every=2", "epochs=100"]
+    sets = [*SMALL, "model.dropout=0.1", "save_every=0", "log_every=2", "epochs=100"]
     base = [sys.executable, "-m", "varattn.cli", "train", "--no-progress", "--no-tensorboard"]
     fresh = [*base, "--mode", "var-sample", "--max-steps", str(STOP_STEPS), "--out", str(run_dir),
              *[f"--set={s}" for s in sets]]
@@ -428,12 +408,8 @@ class _Payload:
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    threads = torch.get_num_threads()
-    train(_config("soft", 2), run_dir, progress=False, tensorboard=False)
-    torch.set_num_threads(threads)
-    return run_dir
+def trained_run(tiny_run) -> Path:
+    return tiny_run("soft", 4, SMALL)  # shared with test_nmt.py: copied before it is changed
 
 
 def _with_weights(trained_run: Path, tmp_path: Path, data: bytes, fix_meta: bool) -> Path:
@@ -469,9 +445,9 @@ def test_a_pickle_in_place_of_the_weights_is_never_run(trained_run, tmp_path, ca
     run_dir = _with_weights(trained_run, tmp_path, data, fix_meta)
     with pytest.raises(VarattnError):
         varattn.load(run_dir)
-    code, out, err = _cli(capsys, "evaluate", run_dir)
+    code, out, err = cli(capsys, "evaluate", run_dir)
     assert code == 2 and out == ""
-    line = _one_line_error(err)
+    line = one_line_error(err)
     assert "pickle" in line or "corrupted" in line
     assert not marker.exists()
 
@@ -482,8 +458,8 @@ def test_truncated_weights_are_refused(trained_run, tmp_path, capsys, fix_meta):
     run_dir = _with_weights(trained_run, tmp_path, data[: len(data) // 2], fix_meta)
     with pytest.raises(VarattnError, match="corrupted"):
         varattn.load(run_dir)
-    code, _, err = _cli(capsys, "evaluate", run_dir)
-    assert code == 2 and "corrupted" in _one_line_error(err)
+    code, _, err = cli(capsys, "evaluate", run_dir)
+    assert code == 2 and "corrupted" in one_line_error(err)
     assert varattn.load(run_dir, "last").model is not None  # the other checkpoint is untouched
 
 
@@ -507,10 +483,10 @@ def test_invalid_utf8_stops_before_writing(tmp_path, capsys, bad_file, subword):
     raw[4] = b"caf\xe9 latin-1"
     path.write_bytes(b"\n".join(raw))
     out = tmp_path / "run"
-    code, _, err = _cli(capsys, "train", "--train", data / "train", "--valid", data / "valid", "--out", out,
+    code, _, err = cli(capsys, "train", "--train", data / "train", "--valid", data / "valid", "--out", out,
                         "--max-steps", 1, "--no-tensorboard", f"--set=subword={subword}", "--set=subword_vocab_size=40",
-                        *[f"--set={s}" for s in TINY])
-    line = _one_line_error(err)
+                        *set_flags(SMALL))
+    line = one_line_error(err)
     assert code == 2 and bad_file in line and "line 5" in line and "UTF-8" in line
     assert not out.exists() or not any(out.iterdir())
 
@@ -523,9 +499,9 @@ def test_empty_lines_are_dropped_in_pairs_and_counted(tmp_path, capsys, caplog):
     _write_corpus(data, "train", src, tgt)
     _write_corpus(data, "valid", src[:6], tgt[:6])
     with caplog.at_level("INFO", logger="varattn"):
-        code, _, _ = _cli(capsys, "train", "--train", data / "train", "--valid", data / "valid", "--out",
+        code, _, _ = cli(capsys, "train", "--train", data / "train", "--valid", data / "valid", "--out",
                           tmp_path / "run", "--max-steps", 1, "--no-tensorboard", "--set=subword=none",
-                          *[f"--set={s}" for s in TINY])
+                          *set_flags(SMALL))
     assert code == 0
     summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("read ")]
     assert any("read 40 pairs" in m and "kept 36, dropped 4 empty" in m for m in summaries), summaries
@@ -554,8 +530,8 @@ def test_empty_lines_are_dropped_in_pairs_and_counted(tmp_path, capsys, caplog):
      ("max_bad_steps=yes", "max_bad_steps must be an integer"), ("colour=red", "unknown config keys: colour")],
 )
 def test_bad_config_values_are_one_line_errors(tmp_path, capsys, setting, needle):
-    code, _, err = _cli(capsys, "train", "--out", tmp_path / "run", "--max-steps", 1, f"--set={setting}")
-    assert code == 2 and needle in _one_line_error(err)
+    code, _, err = cli(capsys, "train", "--out", tmp_path / "run", "--max-steps", 1, f"--set={setting}")
+    assert code == 2 and needle in one_line_error(err)
     assert not (tmp_path / "run").exists()
 
 
@@ -566,9 +542,9 @@ def test_bad_config_values_are_one_line_errors(tmp_path, capsys, setting, needle
     ("var-relaxed", "objective.warmup_steps=-2", "objective.warmup_steps must be a non-negative integer", "0"),
 ])
 def test_objective_options_are_checked_against_the_mode(tmp_path, capsys, mode, setting, needle, good):
-    code, _, err = _cli(capsys, "train", "--mode", mode, "--out", tmp_path / "run", "--max-steps", 1,
+    code, _, err = cli(capsys, "train", "--mode", mode, "--out", tmp_path / "run", "--max-steps", 1,
                         f"--set={setting}")
-    assert code == 2 and needle in _one_line_error(err)
+    assert code == 2 and needle in one_line_error(err)
     assert not (tmp_path / "run").exists()
     assert load_config("toy", {"mode": mode}, [setting.split("=")[0] + "=" + good]).objective  # a good one passes
 

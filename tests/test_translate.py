@@ -27,8 +27,7 @@ from varattn.nmt.search import (
     pad_batch,
 )
 
-TINY = ["model.embed_dim=8", "model.encoder_hidden=8", "model.decoder_hidden=8", "model.attention_dim=8",
-        "model.output_hidden=8", "model.inference_hidden=8", "synthetic_sizes=[40,8,8]", "valid_batch_size=8"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0, tgt_vocab: int = 6, src_vocab: int = 7, init_range: float = 1.0) -> LatentAlignmentNMT:
@@ -53,15 +52,6 @@ def beam(model, src, lengths, objective=MARGINAL, n_best=1, **options):
 
 def greedy(model, src, lengths, objective=MARGINAL, **options):
     return greedy_search(model, src, lengths, objective, DecodingOptions(beam=1, **options))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def teacher_forced(model, src_ids, seq, predictive="marginal", topk=None):
@@ -261,18 +251,9 @@ def test_kmax_is_refused_for_a_dirichlet_alignment():
 # -- trained run directories ---------------------------------------------------------------------
 
 
-def make_run(path, mode="marginal", steps=5):
-    from varattn.nmt.config import load_config
-    from varattn.nmt.train import train
-
-    cfg = load_config("toy", {"max_steps": steps, "mode": mode}, TINY)
-    train(cfg, path, progress=False, tensorboard=False)
-    return path
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("translate") / "run")
+def run_dir(tiny_run):
+    return tiny_run("marginal", steps=5)
 
 
 @pytest.fixture(scope="module")
@@ -392,10 +373,10 @@ def test_bleu_cli(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", mode_names())
-def test_every_mode_translates(mode, tmp_path, source_lines):
+def test_every_mode_translates(mode, tiny_run, source_lines):
     import varattn
 
-    trained = varattn.load(make_run(tmp_path / mode, mode, steps=2))
+    trained = varattn.load(tiny_run(mode))
     assert trained.objective.predictive in ("marginal", "soft", "prior-mean")
     out = trained.translate(source_lines[:2] + [""], beam=2, max_len_b=4)
     assert len(out) == 3 and out[2].text == ""
