@@ -282,12 +282,24 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 # -- 2b. Ctrl-C / SIGTERM: a graceful stop -------------------------------------------------------
 
 STOP_STEPS = 60
+STOP_SETS = [*SMALL, "model.dropout=0.1", "save_every=0", "log_every=2", "epochs=100"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_stop_run(tmp_path_factory) -> Path:
+    """The uninterrupted run that both stopped runs must equal (trained once for SIGINT and SIGTERM)."""
+    run_dir = tmp_path_factory.mktemp("stop") / "straight"
+    threads = torch.get_num_threads()
+    train(load_config("toy", {"mode": "var-sample", "max_steps": STOP_STEPS}, STOP_SETS), run_dir,
+          progress=False, tensorboard=False)
+    torch.set_num_threads(threads)
+    return run_dir
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_saves_resume_state_and_exits_cleanly_then_resume_matches(tmp_path, sig):
+def test_a_signal_saves_resume_state_and_exits_cleanly_then_resume_matches(tmp_path, sig, uninterrupted_stop_run):
     run_dir = tmp_path / "stopped"
-    sets = [*SMALL, "model.dropout=0.1", "save_every=0", "log_every=2", "epochs=100"]
+    sets = STOP_SETS
     base = [sys.executable, "-m", "varattn.cli", "train", "--no-progress", "--no-tensorboard"]
     fresh = [*base, "--mode", "var-sample", "--max-steps", str(STOP_STEPS), "--out", str(run_dir),
              *[f"--set={s}" for s in sets]]
@@ -312,9 +324,7 @@ def test_a_signal_saves_resume_state_and_exits_cleanly_then_resume_matches(tmp_p
 
     train(load_config("toy", {"mode": "var-sample", "max_steps": STOP_STEPS}, sets), run_dir, resume=True,
           progress=False, tensorboard=False)
-    train(load_config("toy", {"mode": "var-sample", "max_steps": STOP_STEPS}, sets), tmp_path / "straight",
-          progress=False, tensorboard=False)
-    _assert_same_runs(tmp_path / "straight", run_dir)
+    _assert_same_runs(uninterrupted_stop_run, run_dir)
 
 
 # -- 3. non-finite steps --------------------------------------------------------------------------
