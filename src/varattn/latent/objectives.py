@@ -605,6 +605,8 @@ class VariationalRelaxed(Objective):
             "elbo": _masked(log_f_sum / self.eval_samples - kl, mask),
             "kl": _masked(kl, mask),
             "prior_entropy": _masked(problem.prior().entropy(), mask),
+            # like the prior's: the entropy of the categorical softmax of q's scores (its Dirichlet mean)
+            "posterior_entropy": _masked(problem.posterior().entropy(), mask),
         }
         return Scores(_masked(estimate, mask), figures)
 
