@@ -292,6 +292,12 @@ def build_report(results: dict, modes: list[str], img_dir: Path, docs_dir: Path)
     if discussion.exists():
         out += [discussion.read_text(encoding="utf-8").strip(), ""]
     out += ["## The relaxed model: estimator spread and sampled prediction", "", *relaxed_section(results), ""]
+    out += ["## Second real-data check: IWSLT'14", "",
+            "Not run yet. Part 4 of the issue trains `soft` and the best variational mode of this study on the "
+            "IWSLT'14 valid split (the only split on this machine; see docs/nmt.md for a 20-minute `var-enum` run) "
+            "and reports perplexity and BLEU on its test split; it runs after the Multi30k study has finished. "
+            "The full-scale recipe for a GPU (`varattn prepare iwslt14`, then one command per mode) is in "
+            "[nmt.md](nmt.md#reproducing-the-papers-table-1-a-gpu).", ""]
     out += ["## Learning curves", ""]
     if curves:
         out += [f"![validation perplexity against wall-clock time]({curves.relative_to(docs_dir).as_posix()})", "",
