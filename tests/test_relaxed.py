@@ -208,3 +208,14 @@ def test_cli_refuses_sampling_options_for_exact_modes(tmp_path, capsys):
     src.write_text("a b\n")
     assert main(["translate", str(path), "--input", str(src), "--sample-alignments", "3", "--device", "cpu"]) == 2
     assert "relaxed" in capsys.readouterr().err
+
+
+def test_config_checks_every_mode_section_and_keeps_the_trained_modes_options():
+    cfg = load_config("toy", {"mode": "soft"}, ["objective.var-relaxed.warmup_steps=7"])
+    assert cfg.objective == {}
+    cfg = load_config("toy", {"mode": "var-relaxed"}, ["objective.var-relaxed.warmup_steps=7"])
+    assert cfg.objective == {"warmup_steps": 7}
+    with pytest.raises(VarattnError, match="objective.var-relaxed"):
+        load_config("toy", {"mode": "soft"}, ["objective.var-relaxed.warmup=7"])
+    with pytest.raises(VarattnError, match="objective.var-relaxed.warmup_steps"):
+        load_config("toy", {"mode": "soft"}, ["objective.var-relaxed.warmup_steps=-1"])
