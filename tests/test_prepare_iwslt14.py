@@ -192,6 +192,8 @@ def test_bad_input_writes_nothing(tmp_path, capsys):
     (tmp_path / "junk.tgz").write_bytes(b"not an archive")
     assert main(["prepare", "iwslt14", str(tmp_path / "junk.tgz"), str(tmp_path / "out"), "--no-progress"]) == 2
     assert main(["prepare", "iwslt14", str(tmp_path / "absent.tgz"), str(tmp_path / "out"), "--no-progress"]) == 2
+    assert main(["prepare", "iwslt14", str(broken), str(tmp_path / "new" / "out"), "--no-progress"]) == 2
+    assert not (tmp_path / "new").exists()  # not even the parent directory
     full = tmp_path / "full"
     full.mkdir()
     (full / "x").write_text("keep")

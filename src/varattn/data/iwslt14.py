@@ -183,17 +183,17 @@ def prepare(source: str, outdir: str | os.PathLike[str], merges: int = 14000, pr
         raise VarattnError(f"{out} already exists and is not an empty directory")
     if merges < 1:
         raise VarattnError(f"the number of BPE merges must be positive, got {merges}")
+    files = None
+    if not is_url(source):  # a local archive is checked before anything is written
+        if not Path(source).is_file():
+            raise VarattnError(f"archive not found: {source}")
+        files = read_archive(Path(source))
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
     try:
-        if is_url(source):
-            archive = download(source, work / "de-en.tgz", progress)
-        else:
-            archive = Path(source)
-            if not archive.is_file():
-                raise VarattnError(f"archive not found: {source}")
-        files = read_archive(archive)
+        if files is None:
+            files = read_archive(download(source, work / "de-en.tgz", progress))
         plain: dict[tuple[str, str], list[str]] = {}
         train = {}
         for lang in LANGS:
