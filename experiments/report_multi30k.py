@@ -268,9 +268,13 @@ def build_report(results: dict, modes: list[str], img_dir: Path, docs_dir: Path)
         "",
         "Every figure below comes from `python experiments/multi30k.py --data ../shared/data/multi30k`, which "
         "trains each mode with one shared configuration, evaluates it on the Multi30k 2016 and 2017 Flickr "
-        "test sets and commits one small JSON file per mode to `experiments/results/multi30k/`; this page is "
-        "rebuilt from those files (`--report`). The study resumes where it stopped: finished modes are not "
-        "run again, an interrupted one continues from its checkpoint.",
+        "test sets and writes one small JSON file per mode to `experiments/results/multi30k/` (committed); this "
+        "page is rebuilt from those files (`--report`). The study resumes where it stopped: modes with a JSON "
+        "file are not run again, an interrupted one continues from the checkpoint in its run directory "
+        "(`--work`, default `runs/multi30k`, not committed; on a fresh checkout an unfinished mode starts "
+        "over). Run it with one thread per process (`--threads`, default 1) from a checkout that does not "
+        "change while it runs: every training segment and evaluation is a subprocess that imports the "
+        "checkout's code.",
         "",
         f"**Status**: finished {', '.join(f'`{m}`' for m in done) or 'none'}; "
         + (f"still missing {', '.join(f'`{m}`' for m in missing)}." if missing else "all nine modes are in."),
