@@ -206,8 +206,8 @@ def model_info(run_dir: Path, threads: int) -> dict:
         "    sampler = True",
         "except Exception:",
         "    sampler = False",
-        "print(json.dumps({'sampled': bool(getattr(o, 'sampled_estimate', False)), 'predictive': o.predictive,",
-        "                  'samples': getattr(o, 'eval_samples', None), 'sampled_prediction': sampler}))",
+        "print(json.dumps({'sampled': getattr(o, 'importance_samples', None) is not None, 'predictive': o.predictive,",
+        "                  'samples': getattr(o, 'importance_samples', None), 'sampled_prediction': sampler}))",
     ])
     return json.loads(run([sys.executable, "-c", code, str(run_dir)], threads).stdout.strip().splitlines()[-1])
 

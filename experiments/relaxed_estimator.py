@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     trained = load_run(args.run_dir, "best", "cpu")
-    if not trained.objective.sampled_estimate:
+    if trained.objective.importance_samples is None:
         p.error(f"{args.run_dir} is scored exactly ({trained.mode}); nothing to measure")
     src = read_lines(f"{args.prefix}.{args.src_lang}")[: args.sentences]
     tgt = read_lines(f"{args.prefix}.{args.tgt_lang}")[: args.sentences]
