@@ -18,7 +18,7 @@ from varattn.cli import COMMAND_MODULES, build_parser, main
 
 TINY = ["model.embed_dim=8", "model.encoder_hidden=8", "model.decoder_hidden=8", "model.attention_dim=8",
         "model.output_hidden=8", "model.inference_hidden=8", "synthetic_sizes=[40,8,8]", "valid_batch_size=8"]
-SUBCOMMANDS = {"train", "evaluate", "translate", "bleu", "align", "plot", "plot-metrics", "toy-data"}
+SUBCOMMANDS = {"train", "evaluate", "translate", "bleu", "align", "plot", "plot-metrics", "toy-data", "prepare"}
 
 
 def _env() -> dict[str, str]:
