@@ -20,11 +20,20 @@ def run_iwslt14(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the corpora ``prepare`` knows, each with the function that prepares it
+CORPORA = {"iwslt14": run_iwslt14}
+
+
+def run(args: argparse.Namespace) -> int:
+    return CORPORA[args.corpus](args)
+
+
 def register(sub) -> None:
     from varattn.data.iwslt14 import DEFAULT_URL
 
     p = sub.add_parser("prepare", help="prepare a standard corpus (iwslt14)",
                        description="Download or read a corpus archive and prepare it as the paper did.")
+    p.set_defaults(func=run)
     corpora = p.add_subparsers(dest="corpus", required=True)
     q = corpora.add_parser(
         "iwslt14", help="IWSLT'14 German-English as fairseq's prepare-iwslt14.sh (joint BPE, 14,000 merges)",
@@ -36,4 +45,3 @@ def register(sub) -> None:
     q.add_argument("outdir", metavar="OUTDIR", help="output directory (must not exist or be empty)")
     q.add_argument("--merges", type=int, default=14000, help="BPE merge operations (default 14000, the paper's)")
     q.add_argument("--no-progress", action="store_true", help="no progress bars")
-    q.set_defaults(func=run_iwslt14)
