@@ -31,9 +31,13 @@ def one_thread():
 
 # -- options and the warm-up -----------------------------------------------------------------------
 def test_mode_sections_apply_only_to_their_mode():
-    options = {"num_samples": 3, "var-relaxed": {"warmup_steps": 7, "num_samples": 2}, "rws": {"num_samples": 9}}
+    options = {"var-relaxed": {"warmup_steps": 7, "num_samples": 2}, "rws": {"num_samples": 9}}
     assert mode_options("var-relaxed", options) == {"num_samples": 2, "warmup_steps": 7}
     assert mode_options("rws", options) == {"num_samples": 9}
+    assert mode_options("var-sample", options) == {}
+    # keys outside the sections apply to the trained mode and win over its section (command-line --set)
+    options["num_samples"] = 3
+    assert mode_options("var-relaxed", options) == {"num_samples": 3, "warmup_steps": 7}
     assert mode_options("var-sample", options) == {"num_samples": 3}
     assert make_objective("var-relaxed", **options).warmup_steps == 7
     assert make_objective("soft", **{"var-relaxed": {"warmup_steps": 7}}).name == "soft"
@@ -215,6 +219,8 @@ def test_config_checks_every_mode_section_and_keeps_the_trained_modes_options():
     assert cfg.objective == {}
     cfg = load_config("toy", {"mode": "var-relaxed"}, ["objective.var-relaxed.warmup_steps=7"])
     assert cfg.objective == {"warmup_steps": 7}
+    cfg = load_config("toy", {"mode": "var-relaxed"}, ["objective.warmup_steps=0"])  # over the shipped section
+    assert cfg.objective == {"warmup_steps": 0}
     with pytest.raises(VarattnError, match="objective.var-relaxed"):
         load_config("toy", {"mode": "soft"}, ["objective.var-relaxed.warmup=7"])
     with pytest.raises(VarattnError, match="objective.var-relaxed.warmup_steps"):

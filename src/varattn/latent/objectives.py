@@ -237,14 +237,15 @@ def objective_class(name: str) -> type[Objective]:
 def mode_options(name: str, options: dict) -> dict:
     """The options of mode ``name`` from a config's ``objective`` section.
 
-    Keys named after a mode hold that mode's own options (``{"var-relaxed": {"warmup_steps": 900}}``),
-    so one config can serve every mode; the other keys apply to whichever mode is trained.
+    Keys named after a mode hold defaults for that mode alone (``{"var-relaxed": {"warmup_steps": 900}}``),
+    so one config can serve every mode; the other keys apply to whichever mode is trained and win over
+    the mode's defaults (``--set objective.warmup_steps=0`` overrides a shipped config's section).
     """
     shared = {k: v for k, v in options.items() if k not in _REGISTRY}
     own = options.get(name) or {}
     if not isinstance(own, dict):
         raise VarattnError(f"the objective options of {name!r} must be a mapping, got {own!r}")
-    return {**shared, **own}
+    return {**own, **shared}
 
 
 def make_objective(name: str, **options) -> Objective:
