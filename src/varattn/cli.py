@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "varattn.commands.plot",
     "varattn.commands.plot_metrics",
     "varattn.commands.toy_data",
+    "varattn.commands.prepare",
 ]
 
 

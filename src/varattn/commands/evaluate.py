@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--topk", type=int, help="also report the K-max perplexity")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--samples", type=int, metavar="N",
+                   help="importance samples per token of a sampled perplexity (the relaxed model)")
+    p.add_argument("--seed", type=int, help="seed torch's random generator (sampled estimates)")
     p.set_defaults(func=run)
 
 
@@ -81,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
         raise VarattnError(f"--topk applies to categorical models, not {trained.mode}")
     if args.topk is not None and args.topk < 1:
         raise VarattnError("--topk must be at least 1")
+    if args.samples is not None:
+        trained.objective.set_eval_samples(args.samples)  # one-line error for modes scored exactly
+    if args.seed is not None:
+        import torch
+
+        torch.manual_seed(args.seed)
     src, tgt = _pairs(args, trained)
     pairs, skipped = encode_pairs(trained, src, tgt)
     if not pairs:

@@ -52,6 +52,10 @@ def register(sub) -> None:
     p.add_argument("--align", action="store_true",
                    help="append ' ||| ' and 0-based src-tgt word links (pieces with --keep-bpe) from the prior")
     p.add_argument("--ref", help="reference file: print BLEU to stderr at the end")
+    p.add_argument("--sample-alignments", type=int, metavar="K",
+                   help="relaxed models: predict each word from K alignments sampled from the prior Dirichlet "
+                        "(as the paper evaluates it) instead of its mean")
+    p.add_argument("--seed", type=int, help="seed torch's random generator (sampled alignments)")
     p.set_defaults(func=run)
 
 
@@ -60,7 +64,8 @@ def decoding_options(args: argparse.Namespace):
     from varattn.nmt.search import DecodingOptions
 
     return DecodingOptions(beam=args.beam, topk=args.topk, alpha=args.alpha, eos_norm=args.eos_norm,
-                           max_len_a=args.max_len_a, max_len_b=args.max_len_b)
+                           max_len_a=args.max_len_a, max_len_b=args.max_len_b,
+                           sample_alignments=getattr(args, "sample_alignments", None))
 
 
 def word_links(translation, src_style: str, tgt_style: str, keep_bpe: bool = False) -> set[Link]:
@@ -94,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     refs = read_lines(args.ref) if args.ref else None
     trained = open_run(args)
     options.check_for(trained.objective)
+    if getattr(args, "seed", None) is not None:
+        import torch
+
+        torch.manual_seed(args.seed)
     hyps: list[str] = []
     with streamed_input(args.input) as lines, output_stream(args.output) as out:
         done = 0

@@ -9,15 +9,19 @@ from varattn.latent.distributions import (
 from varattn.latent.emission import ContextEmission, Emission, LinearSoftmaxHead, OutputHead
 from varattn.latent.objectives import (
     AlignmentProblem,
+    AlignmentSampler,
     LossTerms,
     Objective,
     Scores,
     make_objective,
     mode_names,
+    mode_options,
     objective_class,
 )
 
 __all__ = [
+    "AlignmentSampler",
+    "mode_options",
     "AlignmentProblem",
     "ContextEmission",
     "Emission",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from varattn.errors import VarattnError
-from varattn.latent import objective_class
+from varattn.latent import mode_names, mode_options, objective_class
 from varattn.nmt.model import ModelConfig
 from varattn.training.config import (
     TrainingConfig,
@@ -60,6 +60,24 @@ def model_section(d: dict | ModelConfig) -> ModelConfig:
     return build(ModelConfig, d, prefix="model.", rules={**rules, **MODEL_RULES})
 
 
+def objective_section(mode: str, options: dict) -> dict:
+    """The checked options of ``mode`` from an ``objective:`` section.
+
+    A key named after a mode holds that mode's own options (``var-relaxed: {warmup_steps: 900}``), so
+    one config serves every mode (``varattn.latent.mode_options``); every such section is checked
+    against its own mode, and what is kept is the options in effect for ``mode``.
+    """
+    if not isinstance(options, dict):
+        raise VarattnError(f"objective must be a mapping, got {options!r}")
+    for name in mode_names():
+        if name in options:
+            section = options[name]
+            if not isinstance(section, dict):
+                raise VarattnError(f"objective.{name} must be a mapping of that mode's options, got {section!r}")
+            check_options(f"objective.{name}", objective_class(name), section, OBJECTIVE_RULES)
+    return check_options("objective", objective_class(mode), mode_options(mode, options), OBJECTIVE_RULES)
+
+
 @dataclass
 class TrainConfig(TrainingConfig):
     """Everything ``varattn train`` needs apart from the data files' contents."""
@@ -89,7 +107,7 @@ class TrainConfig(TrainingConfig):
             self.model = model_section(self.model)
 
     def check(self) -> None:
-        self.objective = check_options("objective", objective_class(self.mode), self.objective, OBJECTIVE_RULES)
+        self.objective = objective_section(self.mode, self.objective)
         if len(self.synthetic_sizes) != 3 or not all(n >= 0 for n in self.synthetic_sizes):
             raise VarattnError(f"synthetic_sizes must be three non-negative integers (train, valid, test), got "
                                f"{self.synthetic_sizes!r}")

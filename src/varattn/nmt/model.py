@@ -9,6 +9,7 @@ layer (``varattn.latent``): which alignment distribution is used and how the out
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -280,3 +281,14 @@ class LatentAlignmentNMT(nn.Module):
             context = torch.bmm(log_alpha.exp().unsqueeze(1), enc.memory).squeeze(1)  # (B, Dm)
             return self.head.log_probs(q_pre + self.head.context_part(context))
         raise ValueError(f"unknown predictive rule {predictive!r}")
+
+    def sampled_token_log_probs(self, query: Tensor, scores: Tensor, enc: Encoded, sampler) -> Tensor:
+        """``log 1/K sum_k f(x, z_k)`` for every word ``(B, V)``, ``z_k = sampler(scores)`` ``(K, B, S)``.
+
+        The sampled predictive rule of relaxed models (``Objective.prediction_sampler``).
+        """
+        weights = sampler(scores)  # (K, B, S)
+        context = torch.matmul(weights.unsqueeze(-2), enc.memory).squeeze(-2)  # (K, B, Dm)
+        q_pre = self.head.query_part(query)  # (B, D)
+        log_f = self.head.log_probs(q_pre + self.head.context_part(context))  # (K, B, V)
+        return torch.logsumexp(log_f, dim=0) - math.log(weights.shape[0])

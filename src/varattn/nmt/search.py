@@ -153,6 +153,10 @@ class DecodingOptions:
         alpha: Wu et al. length-penalty exponent (0: none).
         eos_norm: the authors' EOS normalisation (0: off).
         max_len_a, max_len_b: at most ``int(max_len_a * src_len + max_len_b)`` output tokens.
+        sample_alignments: relaxed models only: predict each word from this many alignments sampled
+            from the prior Dirichlet (``Objective.prediction_sampler``) instead of its mean, as the
+            paper evaluates its relaxed model (None: the model's own predictive rule). Seed torch's
+            generator for a reproducible output.
     """
 
     beam: int = 5
@@ -161,6 +165,7 @@ class DecodingOptions:
     eos_norm: float = 0.0
     max_len_a: float = DEFAULT_MAX_LEN_A
     max_len_b: float = DEFAULT_MAX_LEN_B
+    sample_alignments: int | None = None
 
     def __post_init__(self) -> None:
         if not _is_number(self.beam) or int(self.beam) != self.beam or self.beam < 1:
@@ -172,6 +177,10 @@ class DecodingOptions:
                 raise VarattnError(f"--{flag} must be a finite number >= 0, got {value!r}")
         if not _is_number(self.max_len_b) or not math.isfinite(self.max_len_b):
             raise VarattnError(f"--max-len-b must be a finite number, got {self.max_len_b!r}")
+        if self.sample_alignments is not None and (not _is_number(self.sample_alignments)
+                                                   or int(self.sample_alignments) != self.sample_alignments
+                                                   or self.sample_alignments < 1):
+            raise VarattnError(f"--sample-alignments must be a positive integer, got {self.sample_alignments!r}")
         object.__setattr__(self, "beam", int(self.beam))
         if self.topk is not None:
             object.__setattr__(self, "topk", int(self.topk))
@@ -181,6 +190,13 @@ class DecodingOptions:
         if self.topk is not None and not objective.supports_kmax:
             raise VarattnError(f"--topk (K-max) applies to categorical and soft models, not to {objective.name} "
                                "(its alignment is a Dirichlet)")
+        self.sampler_for(objective)  # sampled alignments: a one-line error where the model has none
+
+    def sampler_for(self, objective: Objective):
+        """The alignment sampler of ``sample_alignments`` (None when not sampling)."""
+        if self.sample_alignments is None:
+            return None
+        return objective.prediction_sampler(int(self.sample_alignments))
 
     def max_output_length(self, src_len: int) -> int:
         """Most tokens (``</s>`` not counted) produced for a source of ``src_len`` tokens."""
@@ -236,10 +252,16 @@ def _context_pre(model: LatentAlignmentNMT, enc: Encoded, objective: Objective) 
     return model.head.context_part(enc.memory) if objective.predicts_mixture else None
 
 
-def _step_log_probs(model, prev, state, enc, topk, objective, context_pre):
-    """One decoder step: (log-probs (N, V) with <pad>/<s> banned, prior (N, S), new state)."""
+def _step_log_probs(model, prev, state, enc, topk, objective, context_pre, sampler=None):
+    """One decoder step: (log-probs (N, V) with <pad>/<s> banned, prior (N, S), new state).
+
+    With ``sampler`` (``DecodingOptions.sampler_for``) the next word is predicted from sampled alignments.
+    """
     query, scores, state = model.step(model.tgt_embed(prev), state, enc, topk)
-    logp = next_log_probs(model, query, scores, enc, objective, context_pre)
+    if sampler is not None:
+        logp = model.sampled_token_log_probs(query, scores, enc, sampler)
+    else:
+        logp = next_log_probs(model, query, scores, enc, objective, context_pre)
     logp[:, PAD_ID] = NEG_INF
     logp[:, BOS_ID] = NEG_INF
     return logp, torch.softmax(scores, -1), state
@@ -299,6 +321,7 @@ def greedy_search(
     with _eval_mode(model):
         enc = model.encode(src, src_lengths)
         context_pre = _context_pre(model, enc, objective)
+        sampler = options.sampler_for(objective)
         state = model.initial_state(B, device)
         active = torch.arange(B, device=device)
         src_len_f = src_lengths.float()
@@ -309,7 +332,8 @@ def greedy_search(
         search_sum = torch.zeros(B, device=device)
         model_sum = torch.zeros(B, device=device)
         for t in range(max(max_lens) + 1):
-            logp, attn, state = _step_log_probs(model, prev, state, enc, topk, objective, context_pre)
+            logp, attn, state = _step_log_probs(model, prev, state, enc, topk, objective, context_pre,
+                                                sampler)
             search = _search_scores(logp, t, src_len_f, max_len_t, eos_norm)
             best, tok = search.max(dim=-1)
             search_sum = search_sum + best
@@ -358,6 +382,7 @@ def beam_search(
         rows = torch.arange(B, device=device).repeat_interleave(beam)  # row -> sentence
         enc = model.encode(src, src_lengths)
         context_pre = _context_pre(model, enc, objective)
+        sampler = options.sampler_for(objective)
         enc = enc.select(rows)
         context_pre = None if context_pre is None else context_pre[rows]
         state = model.initial_state(B * beam, device)
@@ -374,7 +399,8 @@ def beam_search(
         ranks = torch.arange(2 * beam, device=device)
         for t in range(max(max_lens) + 1):
             n = len(active)
-            logp, attn, state = _step_log_probs(model, prev, state, enc, topk, objective, context_pre)
+            logp, attn, state = _step_log_probs(model, prev, state, enc, topk, objective, context_pre,
+                                                sampler)
             search = _search_scores(logp, t, src_len_f, max_len_t, eos_norm)
             cand = (beam_scores.unsqueeze(1) + search).view(n, beam * V)
             k2 = min(2 * beam, beam * V)

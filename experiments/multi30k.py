@@ -1,0 +1,417 @@
+"""The Multi30k German-English study (issue 14): every mode, one shared configuration, on a CPU.
+
+    python experiments/multi30k.py --data ../shared/data/multi30k          # train + evaluate what is missing
+    python experiments/multi30k.py --report                                # rebuild docs/results.md only
+    python experiments/multi30k.py --data ... --modes soft var-enum        # a subset, in this order
+
+What it does, per mode (in ``MODES`` order, cheap and informative modes first, ``var-relaxed`` last):
+
+1. Data, once: the lowercased, Moses-tokenised Multi30k task-1 files (``task1/tok``) segmented with
+   joint BPE (subword-nmt, ``BPE_MERGES`` merges) learned on the training split only, written under
+   ``WORK/data`` (fairseq-style prefixes ``train``, ``val``, ``test_2016_flickr``, ``test_2017_flickr``).
+2. Training with ``varattn train`` and the shared config ``experiments/multi30k.yaml`` (only ``--mode``
+   differs), in segments of ``SEGMENT_STEPS`` updates: each segment is one ``varattn train`` process
+   (the first fresh, the others ``--resume``) that ends with a validation on all of ``val``. The wall
+   clock of every segment is recorded, which gives the learning curves against time. The budget is
+   the same for every mode: at most ``MAX_EPOCHS`` epochs of updates, stopped earlier when the
+   validation metric (the trainer's: exp(-ELBO) with an inference network, the exact perplexity
+   otherwise) has not improved for ``PATIENCE`` validations. The best validation checkpoint is kept.
+3. Evaluation of the best checkpoint on ``test_2016_flickr`` and ``test_2017_flickr`` (``evaluate`` with
+   ``--topk 5``, ``translate --beam 5`` and ``bleu``), prior/posterior alignments of a few real pairs,
+   then ``experiments/results/multi30k/MODE.json``: small, meant to be committed.
+
+Everything that trains or evaluates runs in a subprocess started from this checkout (``python -m
+varattn.cli``, and this script with ``--evaluate-mode`` for the evaluation), so the code a mode uses is
+the checkout's at the moment the mode starts. Resumable: a mode whose JSON exists is skipped; a mode
+interrupted in training continues from its run directory's ``resume/`` checkpoint (and its recorded
+segments); an interrupted evaluation is redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "experiments" / "multi30k.yaml"
+RESULTS = ROOT / "experiments" / "results" / "multi30k"
+REPORT = ROOT / "docs" / "results.md"
+IMG = ROOT / "docs" / "img"
+
+#: the order modes are trained in: the cheap, most informative first; var-relaxed last
+MODES = ["soft", "var-sample", "hard-sample", "var-enum", "marginal", "hard-enum", "var-gumbel", "rws", "var-relaxed"]
+SPLITS = ["train", "val", "test_2016_flickr", "test_2017_flickr"]
+TESTS = ["test_2016_flickr", "test_2017_flickr"]
+TOK_NAME = "{split}.lc.norm.tok.{lang}"
+BPE_MERGES = 4000
+SEGMENT_STEPS = 453  # half an epoch of 29,000 pairs in batches of 32 (906 batches)
+MAX_EPOCHS = 5
+PATIENCE = 3  # validations (1.5 epochs) without improvement
+TOPK = 5
+BEAM = 5
+SAMPLED_ALIGNMENTS = 10  # relaxed model: alignments sampled per decoding step (translate --sample-alignments)
+#: a few real test_2016 pairs (indices) whose alignments are kept for the heatmaps
+HEATMAP_PAIRS = [4, 18, 46]  # the first three with 8-11 words on both sides and no split English word
+SEGMENTS_FILE = "study_segments.jsonl"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def child_env(threads: int) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[key] = str(threads)
+    return env
+
+
+def run(cmd: list[str], threads: int, stdout=None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with this checkout's package; raise with its stderr tail when it fails."""
+    proc = subprocess.run(cmd, env=child_env(threads), stdout=stdout if stdout is not None else subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def varattn(*args: str) -> list[str]:
+    return [sys.executable, "-m", "varattn.cli", *args]
+
+
+# -- data ------------------------------------------------------------------------------------------
+def prepare_data(data: Path, work: Path) -> Path:
+    """Joint BPE learned on train only; returns the directory of segmented prefixes."""
+    out = work / "data"
+    done = out / "DONE"
+    if done.exists():
+        return out
+    from subword_nmt.apply_bpe import BPE
+    from subword_nmt.learn_bpe import learn_bpe
+
+    tok = data / "task1" / "tok"
+    out.mkdir(parents=True, exist_ok=True)
+    codes = out / "bpe.codes"
+    joint = [line for lang in ("de", "en")
+             for line in (tok / TOK_NAME.format(split="train", lang=lang)).read_text(encoding="utf-8").splitlines()]
+    log(f"learning joint BPE ({BPE_MERGES} merges) on {len(joint)} training lines")
+    with open(codes, "w", encoding="utf-8") as f:
+        learn_bpe(joint, f, BPE_MERGES)
+    with open(codes, encoding="utf-8") as f:
+        bpe = BPE(f)
+    for split in SPLITS:
+        for lang in ("de", "en"):
+            lines = (tok / TOK_NAME.format(split=split, lang=lang)).read_text(encoding="utf-8").splitlines()
+            (out / f"{split}.{lang}").write_text("".join(bpe.process_line(x) + "\n" for x in lines), encoding="utf-8")
+    done.write_text("ok\n")
+    return out
+
+
+def reference(data: Path, split: str, lang: str = "en") -> Path:
+    return data / "task1" / "tok" / TOK_NAME.format(split=split, lang=lang)
+
+
+# -- training --------------------------------------------------------------------------------------
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line cut by a crash
+    return out
+
+
+def valid_metric(record: dict) -> float:
+    return record["elbo_ppl"] if record.get("elbo_ppl") is not None else record["ppl"]
+
+
+def curve(run_dir: Path) -> list[dict]:
+    """One point per finished segment: step, epoch, cumulative wall-clock seconds, validation figures."""
+    segments = read_jsonl(run_dir / SEGMENTS_FILE)
+    valid = {r["step"]: r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "valid"}
+    points, elapsed = [], 0.0
+    for seg in segments:
+        elapsed += seg["wall_s"]
+        rec = valid.get(seg["step"])
+        if rec is None:
+            continue
+        points.append({"step": seg["step"], "epoch": seg["step"] / seg["steps_per_epoch"], "wall_s": round(elapsed, 1),
+                       "ppl": rec["ppl"], "elbo_ppl": rec.get("elbo_ppl"), "accuracy": rec.get("accuracy"),
+                       "prior_entropy": rec.get("prior_entropy"), "posterior_entropy": rec.get("posterior_entropy"),
+                       "lr": rec.get("lr")})
+    return points
+
+
+def stop_reason(points: list[dict], max_steps: int) -> str | None:
+    if points and points[-1]["step"] >= max_steps:
+        return f"budget: {MAX_EPOCHS} epochs"
+    if len(points) > PATIENCE:
+        best = min(range(len(points)), key=lambda k: valid_metric(points[k]))
+        if len(points) - 1 - best >= PATIENCE:
+            return f"early stop: no improvement in {PATIENCE} validations"
+    return None
+
+
+def train_mode(mode: str, data_dir: Path, work: Path, threads: int) -> Path:
+    run_dir = work / "runs" / mode
+    steps_per_epoch = 2 * SEGMENT_STEPS
+    max_steps = MAX_EPOCHS * steps_per_epoch
+    while True:
+        points = curve(run_dir)
+        reason = stop_reason(points, max_steps)
+        if reason:
+            log(f"{mode}: training done ({reason})")
+            return run_dir
+        target = (points[-1]["step"] if points else 0) + SEGMENT_STEPS
+        if (run_dir / "run.json").exists() and ((run_dir / "resume").exists() or (run_dir / "resume.bak").exists()):
+            cmd = varattn("train", "--resume", str(run_dir), "--max-steps", str(target), "--threads", str(threads),
+                          "--no-progress")
+        else:
+            if run_dir.exists():  # started but never saved: start again
+                import shutil
+
+                shutil.rmtree(run_dir)
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            cmd = varattn("train", "--config", str(CONFIG), "--mode", mode, "--train", str(data_dir / "train"),
+                          "--valid", str(data_dir / "val"), "--src-lang", "de", "--tgt-lang", "en",
+                          "--max-steps", str(target), "--threads", str(threads), "--out", str(run_dir),
+                          "--no-progress", "--no-tensorboard")
+        start = time.monotonic()
+        proc = run(cmd, threads)
+        wall = time.monotonic() - start
+        with open(run_dir / SEGMENTS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": target, "wall_s": wall, "steps_per_epoch": steps_per_epoch}) + "\n")
+        log(f"{mode}: {proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ''} ({wall:.0f} s)")
+
+
+# -- evaluation (in a subprocess: --evaluate-mode) -------------------------------------------------
+def model_info(run_dir: Path, threads: int) -> dict:
+    """What the trained model offers, asked of its objective (no mode names compared here)."""
+    code = "\n".join([
+        "import json, sys",
+        "from varattn.nmt.run import load_run",
+        "o = load_run(sys.argv[1], 'best', 'cpu').objective",
+        "try:",
+        "    o.prediction_sampler(1)",
+        "    sampler = True",
+        "except Exception:",
+        "    sampler = False",
+        "print(json.dumps({'sampled': getattr(o, 'importance_samples', None) is not None, 'predictive': o.predictive,",
+        "                  'samples': getattr(o, 'importance_samples', None), 'sampled_prediction': sampler}))",
+    ])
+    return json.loads(run([sys.executable, "-c", code, str(run_dir)], threads).stdout.strip().splitlines()[-1])
+
+
+def evaluate_mode(mode: str, data: Path, work: Path, threads: int) -> dict:
+    """Test figures of the best checkpoint of ``mode``; runs with this checkout's code."""
+    run_dir, data_dir = work / "runs" / mode, work / "data"
+    out_dir = run_dir / "study_eval"
+    out_dir.mkdir(exist_ok=True)
+    info = model_info(run_dir, threads)
+    kmax = ["--topk", str(TOPK)] if info["predictive"] in ("marginal", "soft") else []
+    seed = ["--seed", "1"] if info["sampled"] else []
+    result: dict = {"tests": {}}
+    for split in TESTS:
+        prefix = data_dir / split
+        start = time.monotonic()
+        ev = json.loads(run(varattn("evaluate", str(run_dir), "--prefix", str(prefix), *kmax, *seed, "--json",
+                                    "--device", "cpu"), threads).stdout)
+        eval_s = time.monotonic() - start
+        hyp = out_dir / f"{split}.beam{BEAM}.en"
+        start = time.monotonic()
+        run(varattn("translate", str(run_dir), "--input", str(prefix) + ".de", "--output", str(hyp),
+                    "--beam", str(BEAM), "--device", "cpu"), threads)
+        decode_s = time.monotonic() - start
+        bleu = json.loads(run(varattn("bleu", "--ref", str(reference(data, split)), "--hyp", str(hyp), "--json"),
+                              threads).stdout)
+        entry = {"evaluate": ev, "bleu": bleu, "evaluate_s": round(eval_s, 1), "decode_s": round(decode_s, 1)}
+        entry.update(relaxed_extras(info, ev, run_dir, prefix, split, data, out_dir, threads))
+        result["tests"][split] = entry
+        log(f"{mode} {split}: ppl {ev['ppl']:.3f}, BLEU {bleu.get('tok_bleu')}")
+    result["alignments"] = alignments(run_dir, data_dir / "test_2016_flickr", threads)
+    return result
+
+
+def relaxed_extras(info: dict, ev: dict, run_dir: Path, prefix: Path, split: str, data: Path, out_dir: Path,
+                   threads: int) -> dict:
+    """Extra figures for a model whose perplexity is a sampled estimate and that can sample alignments.
+
+    The estimate's spread: the default sample count N under seeds 1 (the main evaluation), 2 and 3, and
+    2N under seed 1 (the doubling check), on the first test set only (each run costs N output layers per
+    token); BLEU with sampled alignments (``translate --sample-alignments``) on both. Nothing for modes
+    scored and decoded exactly.
+    """
+    extras: dict = {}
+    n = info["samples"]
+    if info["sampled"] and split == TESTS[0]:
+        runs = [{"samples": n, "seed": 1, "ppl": ev["ppl"]}]
+        for samples, seed in ((n, 2), (n, 3), (2 * n, 1)):
+            other = json.loads(run(varattn("evaluate", str(run_dir), "--prefix", str(prefix), "--json", "--device",
+                                           "cpu", "--seed", str(seed), "--samples", str(samples)), threads).stdout)
+            runs.append({"samples": samples, "seed": seed, "ppl": other["ppl"]})
+        extras["estimator"] = {"default_samples": n, "runs": runs}
+    if info["sampled_prediction"]:
+        hyp = out_dir / f"{split}.beam{BEAM}.sampled{SAMPLED_ALIGNMENTS}.en"
+        run(varattn("translate", str(run_dir), "--input", str(prefix) + ".de", "--output", str(hyp), "--beam",
+                    str(BEAM), "--device", "cpu", "--sample-alignments", str(SAMPLED_ALIGNMENTS), "--seed", "1"),
+            threads)
+        extras["bleu_sampled"] = json.loads(run(varattn("bleu", "--ref", str(reference(data, split)), "--hyp",
+                                                        str(hyp), "--json"), threads).stdout)
+        extras["bleu_sampled"]["alignments_per_step"] = SAMPLED_ALIGNMENTS
+    return extras
+
+
+def alignments(run_dir: Path, prefix: Path, threads: int) -> list[dict]:
+    """Prior and posterior (q where the model has one, else the exact posterior) of ``HEATMAP_PAIRS``."""
+    src = Path(str(prefix) + ".de").read_text(encoding="utf-8").splitlines()
+    tgt = Path(str(prefix) + ".en").read_text(encoding="utf-8").splitlines()
+    pairs_dir = run_dir / "study_eval"
+    (pairs_dir / "pairs.de").write_text("".join(src[i] + "\n" for i in HEATMAP_PAIRS), encoding="utf-8")
+    (pairs_dir / "pairs.en").write_text("".join(tgt[i] + "\n" for i in HEATMAP_PAIRS), encoding="utf-8")
+    out: list[dict] = [{"index": i} for i in HEATMAP_PAIRS]
+    for method in ("prior", "posterior", "exact"):
+        proc = subprocess.run(varattn("align", str(run_dir), "--src", str(pairs_dir / "pairs.de"), "--tgt",
+                                      str(pairs_dir / "pairs.en"), "--method", method, "--json", "--device", "cpu"),
+                              env=child_env(threads), capture_output=True, text=True)
+        if proc.returncode != 0:  # no posterior without an inference network
+            continue
+        for k, line in enumerate(proc.stdout.strip().splitlines()):
+            rec = json.loads(line)
+            out[k]["src_tokens"], out[k]["tgt_tokens"] = rec["src_tokens"], rec["tgt_tokens"]
+            out[k][method] = [[round(v, 3) for v in row] for row in rec["matrix"]]
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def summarize_training(run_dir: Path) -> dict:
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    train = [r for r in records if r.get("split") == "train"]
+    rates = sorted(r["tokens_per_s"] for r in train if r.get("tokens_per_s"))
+    segments = read_jsonl(run_dir / SEGMENTS_FILE)
+    cfg = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    return {
+        "train_wall_s": round(sum(s["wall_s"] for s in segments), 1),
+        "tokens_per_s_median": rates[len(rates) // 2] if rates else None,
+        "skipped_steps": train[-1].get("skipped_steps") if train else None,
+        "config": cfg.get("config"),
+        "model": cfg.get("model"),
+    }
+
+
+def finish_mode(mode: str, data: Path, work: Path, threads: int) -> Path:
+    run_dir = work / "runs" / mode
+    proc = run([sys.executable, str(Path(__file__).resolve()), "--evaluate-mode", mode, "--data", str(data),
+                "--work", str(work), "--threads", str(threads)], threads)
+    evaluation = json.loads(proc.stdout.strip().splitlines()[-1])
+    points = curve(run_dir)
+    best = min(points, key=valid_metric)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], stdout=subprocess.PIPE, text=True).stdout
+    result = {
+        "mode": mode,
+        "study": {"bpe_merges": BPE_MERGES, "segment_steps": SEGMENT_STEPS, "max_epochs": MAX_EPOCHS,
+                  "patience": PATIENCE, "topk": TOPK, "beam": BEAM},
+        "stopped": stop_reason(points, MAX_EPOCHS * 2 * SEGMENT_STEPS),
+        "best": {"step": best["step"], "epoch": best["epoch"], "valid_ppl": best["ppl"],
+                 "valid_elbo_ppl": best.get("elbo_ppl")},
+        "curve": points,
+        **summarize_training(run_dir),
+        **evaluation,
+        "machine": {"threads": threads, "cpu": cpu_name(), "cores": os.cpu_count(),
+                    "python": platform.python_version()},
+        "commit": commit.strip(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{mode}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# -- the report ------------------------------------------------------------------------------------
+def load_results() -> dict[str, dict]:
+    out = {}
+    for mode in MODES:
+        path = RESULTS / f"{mode}.json"
+        if path.exists():
+            out[mode] = json.loads(path.read_text(encoding="utf-8"))
+    return out
+
+
+def write_report() -> Path:
+    from report_multi30k import build_report  # experiments/report_multi30k.py
+
+    text = build_report(load_results(), MODES, IMG, REPORT.parent)
+    REPORT.write_text(text, encoding="utf-8")
+    log(f"wrote {REPORT}")
+    return REPORT
+
+
+def main(argv: list[str] | None = None) -> int:
+    global RESULTS, SEGMENT_STEPS, MAX_EPOCHS
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, help="Multi30k directory (with task1/tok)")
+    p.add_argument("--work", type=Path, default=Path("runs/multi30k"), help="run directories and segmented data")
+    p.add_argument("--modes", nargs="+", default=MODES, help="modes to run, in this order")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of every training/evaluation process")
+    p.add_argument("--report", action="store_true", help="only rebuild docs/results.md from the committed JSON files")
+    p.add_argument("--no-report", action="store_true", help="do not rebuild docs/results.md after each mode")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where the per-mode JSON files go")
+    p.add_argument("--segment-steps", type=int, default=SEGMENT_STEPS, help="updates between validations (smoke tests)")
+    p.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help="the budget in epochs (smoke tests)")
+    p.add_argument("--evaluate-mode", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    RESULTS, SEGMENT_STEPS, MAX_EPOCHS = args.results.resolve(), args.segment_steps, args.max_epochs
+    if args.report:
+        write_report()
+        return 0
+    if args.data is None:
+        p.error("--data is needed to train (or give --report)")
+    work = args.work.resolve()
+    if args.evaluate_mode:
+        print(json.dumps(evaluate_mode(args.evaluate_mode, args.data.resolve(), work, args.threads)))
+        return 0
+    data_dir = prepare_data(args.data.resolve(), work)
+    for mode in args.modes:
+        if (RESULTS / f"{mode}.json").exists():
+            log(f"{mode}: results exist, skipped")
+            continue
+        t0 = time.monotonic()
+        try:
+            train_mode(mode, data_dir, work, args.threads)
+            path = finish_mode(mode, args.data.resolve(), work, args.threads)
+        except RuntimeError as exc:  # one failing mode must not stop the others
+            log(f"{mode}: FAILED, going on with the next mode\n{exc}")
+            continue
+        log(f"{mode}: wrote {path} ({(time.monotonic() - t0) / 60:.1f} min)")
+        if not args.no_report:
+            try:
+                write_report()
+            except Exception as exc:  # the report must never stop the study
+                log(f"report failed: {exc!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
