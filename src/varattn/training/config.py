@@ -92,10 +92,13 @@ class TrainingConfig:
     device: str = "auto"
     #: fp32, or bf16: products under torch.autocast in bfloat16, losses in float32
     precision: str = spec("fp32", rule=one_of(*PRECISIONS))
+    #: data-parallel runs (torchrun): seconds a collective may wait for the other processes before the
+    #: job fails instead of hanging
+    dist_timeout_s: float = spec(900.0, rule=positive)
 
     #: keys ``--resume`` may change: they do not alter the numbers of the steps already taken
     RESUMABLE_KEYS: typing.ClassVar[tuple[str, ...]] = (
-        "max_steps", "epochs", "max_minutes", "save_every", "threads", "device")
+        "max_steps", "epochs", "max_minutes", "save_every", "threads", "device", "dist_timeout_s")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -28,12 +28,14 @@ from tqdm import tqdm
 from varattn.checkpoint import backup_path, load_json, save_checkpoint, save_json
 from varattn.device import check_precision, precision_context, resolve_device
 from varattn.errors import VarattnError
+from varattn.training import distributed
 from varattn.training.config import TrainingConfig
+from varattn.training.distributed import World
 from varattn.training.metrics import METRICS_FILE, MetricsLog, cut_metrics
 from varattn.training.optim import make_optimizer, next_lr, set_lr
 from varattn.training.state import RESUME_DIR, TrainerState, read_resume, rng_state, save_resume, set_rng_state
 from varattn.training.stop import GracefulStop, TrainingStopped
-from varattn.training.task import Task
+from varattn.training.task import BatchLoss, Task
 
 log = logging.getLogger("varattn")
 
@@ -45,28 +47,55 @@ def _describe(figures: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in figures.items())
 
 
+class _Forward(torch.nn.Module):
+    """The task's loss as a module's forward, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, task: Task, model: torch.nn.Module):
+        super().__init__()
+        self.task, self.model = task, model
+
+    def forward(self, batch, step: int) -> BatchLoss:
+        return self.task.loss(self.model, batch, step)
+
+
 class Trainer:
-    """Trains ``task``'s model per ``cfg`` in ``run_dir``; build one with :func:`start` or :func:`resume`."""
+    """Trains ``task``'s model per ``cfg`` in ``run_dir``; build one with :func:`start` or :func:`resume`.
+
+    On several processes (``world``), the loss goes through DistributedDataParallel; see
+    :mod:`varattn.training.distributed`.
+    """
 
     def __init__(self, task: Task, cfg: TrainingConfig, run_dir: Path, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, state: TrainerState, device: torch.device, metrics: MetricsLog,
-                 progress: bool | None):
+                 progress: bool | None, world: World = distributed.SINGLE):
         self.task, self.cfg, self.run_dir = task, cfg, run_dir
         self.model, self.optimizer, self.state, self.device = model, optimizer, state, device
         self.metrics = metrics
-        self.progress = progress
+        self.progress = progress if world.main else False
+        self.world = world
+        self.ddp = None
+        if world.distributed:  # a collective: every rank builds its Trainer at the same point
+            self.ddp = torch.nn.parallel.DistributedDataParallel(_Forward(task, model),
+                                                                 find_unused_parameters=True)
         self.valid_batches = task.valid_batches()
         self.summary = ""  # the human line of the latest validation
+        self.stop_agreed = False  # a data-parallel rank was asked to stop: all stop after this update
         self._timer_start, self._timer_tokens = time.perf_counter(), 0
 
     # -- one update ------------------------------------------------------------------------------
-    def update(self, batch) -> dict | None:
+    def update(self, batch, weight: float = 1.0, stop: bool = False) -> dict | None:
         """One optimizer step on ``batch``; returns its report figures, or None when the step was skipped.
 
         A step whose loss or gradient norm is not finite changes nothing: no optimizer step (Adam's
         moments and step count stay as they were), gradients dropped. It is counted in
         ``skipped_steps`` and logged; ``max_bad_steps`` of them in a row stop training.
+
+        Data-parallel: ``batch`` is this rank's share (``weight`` 0: a stand-in that only takes part in
+        the all-reduce); the figures returned are summed over ranks, and ``stop`` (this rank was
+        asked to stop) is shared into :attr:`stop_agreed`.
         """
+        if self.world.distributed:
+            return self._update_distributed(batch, weight, stop)
         st = self.state
         self.optimizer.zero_grad(set_to_none=True)
         with precision_context(self.device, self.cfg.precision):
@@ -74,8 +103,32 @@ class Trainer:
         loss = out.surrogate / out.normaliser
         figures = out.figures
         bad = not bool(torch.isfinite(loss))
+        self.stop_agreed = stop
         if not bad:
             loss.backward()
+        return self._step(bad, figures)
+
+    def _update_distributed(self, batch, weight: float, stop: bool) -> dict | None:
+        """The update on N ranks: one all-reduce of [normaliser, non-finite flag, stop flag, figures] after the
+        forward pass, then ``surrogate * N / global normaliser`` backward through DDP (which averages)."""
+        st = self.state
+        self.optimizer.zero_grad(set_to_none=True)
+        with precision_context(self.device, self.cfg.precision):
+            out = self.ddp(batch, st.step)
+        keys = list(out.figures)
+        local_bad = not bool(torch.isfinite(out.surrogate))
+        shares = [out.normaliser * weight, float(local_bad), float(stop), *(out.figures[k] * weight for k in keys)]
+        summed = distributed.sum_vector(shares, self.device)
+        normaliser, bad, self.stop_agreed = summed[0], summed[1] > 0, summed[2] > 0
+        figures = dict(zip(keys, summed[3:]))
+        scale = 0.0 if bad or normaliser <= 0 else weight * self.world.size / normaliser
+        (out.surrogate * scale).backward()  # always: every rank must join DDP's gradient all-reduce
+        return self._step(bad, figures)
+
+    def _step(self, bad: bool, figures: dict) -> dict | None:
+        """Clip and step, or skip a non-finite update (see :meth:`update`)."""
+        st = self.state
+        if not bad:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
             bad = not bool(torch.isfinite(norm))
             if bad:
@@ -111,8 +164,8 @@ class Trainer:
         SIGINT / SIGTERM: the current update finishes, ``resume/`` is saved and
         :class:`~varattn.training.stop.TrainingStopped` is raised.
         """
-        cfg, st = self.cfg, self.state
-        steps_per_epoch = len(self.task.train_batches(0))
+        cfg, st, world = self.cfg, self.state, self.world
+        steps_per_epoch = -(-len(self.task.train_batches(0)) // world.size)
         total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
         bar = tqdm(total=total, initial=min(st.step, total), unit="step", dynamic_ncols=True,
                    disable=(not sys.stderr.isatty()) if self.progress is None else not self.progress,
@@ -127,11 +180,15 @@ class Trainer:
                     while st.batch_in_epoch < len(batches):
                         if cfg.max_steps is not None and st.step >= cfg.max_steps:
                             break
-                        if deadline is not None and time.monotonic() > deadline:
+                        if deadline is not None and self._agree(time.monotonic() > deadline):
                             log.info("time limit of %s minutes reached at step %d", cfg.max_minutes, st.step)
                             break
-                        figures = self.update(batches[st.batch_in_epoch])
-                        st.batch_in_epoch += 1
+                        # this step's batches: one per rank (a rank past the end stands in with weight 0)
+                        group = batches[st.batch_in_epoch: st.batch_in_epoch + world.size]
+                        mine = world.rank < len(group)
+                        figures = self.update(group[world.rank if mine else 0], 1.0 if mine else 0.0,
+                                              stop.signum is not None)
+                        st.batch_in_epoch += len(group)
                         st.step += 1
                         bar.update(1)
                         if figures is not None:
@@ -146,14 +203,14 @@ class Trainer:
                             self._log_valid(bar)
                         elif cfg.save_every and st.step % cfg.save_every == 0:
                             self.save_resume()
-                        if stop.signum is not None:
+                        if self.stop_agreed if world.distributed else stop.signum is not None:
                             self._stop(stop.signum)
                     else:
                         st.epoch += 1
                         st.batch_in_epoch = 0
                         if not cfg.eval_every:
                             self._log_valid(bar)
-                        if stop.signum is not None:
+                        if self._agree(stop.signum is not None):
                             self._stop(stop.signum)
                         continue
                     break  # max_steps or the time limit reached inside the epoch
@@ -164,10 +221,15 @@ class Trainer:
             self.metrics.close()
         return st.last_valid
 
-    def _stop(self, signum: int) -> None:
+    def _agree(self, flag: bool) -> bool:
+        """``flag`` on any rank (the ranks must take the same branches)."""
+        return distributed.any_rank(flag, self.device) if self.world.distributed else flag
+
+    def _stop(self, signum: int | None) -> None:
         import signal
 
         self.save_resume()
+        signum = signum or signal.SIGTERM  # another rank got the signal
         name = signal.Signals(signum).name
         raise TrainingStopped(f"stopped by {name} at step {self.state.step}; resume/ is saved: continue with "
                               f"`varattn train --resume {self.run_dir}`", signum)
@@ -195,7 +257,10 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
-            result = self.task.valid_result(self.task.valid_sums(self.model, self.valid_batches))
+            sums = self.task.valid_sums(self.model, self.valid_batches[self.world.rank::self.world.size])
+            if self.world.distributed:
+                sums = distributed.sum_dicts(sums)
+            result = self.task.valid_result(sums)
             heatmaps = self.task.heatmaps(self.model) if self.metrics.writer is not None else []
         self.model.train(was_training)
         set_rng_state(saved)
@@ -217,59 +282,98 @@ class Trainer:
 
     def _log_valid(self, bar) -> dict:
         record = self.validate()
-        bar.write(f"step {record['step']}: {self.summary}, lr {record['lr']:.2e}", file=sys.stderr)
+        if self.world.main:
+            bar.write(f"step {record['step']}: {self.summary}, lr {record['lr']:.2e}", file=sys.stderr)
         return record
 
     def _save_model(self, name: str, meta: dict) -> None:
-        """Model weights only (no optimizer state) as an atomic checkpoint directory."""
-        save_checkpoint(self.run_dir / name, {k: v.detach() for k, v in self.model.state_dict().items()}, meta)
+        """Model weights only (no optimizer state) as an atomic checkpoint directory (rank 0)."""
+        if self.world.main:
+            save_checkpoint(self.run_dir / name, {k: v.detach() for k, v in self.model.state_dict().items()}, meta)
 
     def save_resume(self) -> None:
-        self.state.metrics_bytes = self.metrics.size()
-        save_resume(self.run_dir / RESUME_DIR, self.model, self.optimizer, self.state)
+        """Write ``resume/`` (rank 0), with every rank's RNG state (a collective when data-parallel)."""
+        rngs = distributed.gather(rng_state()) if self.world.distributed else [rng_state()]
+        if self.world.main:
+            self.state.metrics_bytes = self.metrics.size()
+            save_resume(self.run_dir / RESUME_DIR, self.model, self.optimizer, self.state, rngs)
 
 
 # -- the two ways in ---------------------------------------------------------------------------------
 
 
-def _prepare_device(cfg: TrainingConfig) -> torch.device:
-    device = resolve_device(cfg.device)  # a missing GPU fails here, before anything is written
+def _prepare_device(cfg: TrainingConfig) -> tuple[World, torch.device]:
+    """This process's place (torchrun's environment) and device; joins the process group when there are several."""
+    world = distributed.world_from_env()
+    device = distributed.device_for(world, resolve_device(cfg.device))  # a missing GPU fails here, before writing
     check_precision(device, cfg.precision)  # so does bf16 where the device has no bf16 kernels
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    return device
+    distributed.init(world, device, cfg.dist_timeout_s)
+    return world, device
+
+
+def _log_device(world: World, device: torch.device) -> None:
+    threads = f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else ""
+    log.info("device: %s%s%s", device, threads, f" x {world.size} processes" if world.distributed else "")
 
 
 def start(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool | None = None,
           tensorboard: bool = True) -> Trainer:
-    """A fresh run of ``task`` in ``run_dir`` (created; it must not hold a run yet)."""
+    """A fresh run of ``task`` in ``run_dir`` (created; it must not hold a run yet).
+
+    Data-parallel: rank 0 prepares the data and writes the run files; the other ranks then read them
+    back (``task.load``), as a resumed run would.
+    """
     run_dir = Path(run_dir)
+    world, device = _prepare_device(cfg)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    if world.main:
+        try:
+            model = _start_files(task, cfg, run_dir).to(device)  # before the optimizer, whose state follows
+        except BaseException as exc:
+            if world.distributed:
+                distributed.broadcast(str(exc) or type(exc).__name__)  # the other ranks stop too
+            raise
+        if world.distributed:
+            distributed.broadcast(None)
+    else:
+        failed = distributed.broadcast(None)
+        if failed is not None:
+            raise VarattnError(f"rank 0 failed to start the run: {failed}")
+        task.load(run_dir, load_json(run_dir / RUN_FILE))
+        model = task.build_model().to(device)
+    optimizer = make_optimizer(model, cfg.lr)
+    state = TrainerState(lr=cfg.lr, data_sha256=task.fingerprint())
+    trainer = Trainer(task, cfg, run_dir, model, optimizer, state, device,
+                      MetricsLog(run_dir, tensorboard, enabled=world.main), progress, world)
+    if world.distributed:  # from here on every rank draws its own random numbers (sampling, dropout)
+        torch.manual_seed(distributed.rank_seed(cfg.seed, world.rank, 0))
+    _log_device(world, device)
+    return trainer
+
+
+def _start_files(task: Task, cfg: TrainingConfig, run_dir: Path) -> torch.nn.Module:
+    """Rank 0 of a fresh run: create ``run_dir``, prepare the task, write ``run.json``; returns the new model."""
     if (run_dir / RUN_FILE).exists():
         raise VarattnError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
     if run_dir.exists() and not run_dir.is_dir():
         raise VarattnError(f"{run_dir} is a file; --out needs a directory")
-    device = _prepare_device(cfg)
     created = not run_dir.exists()
     try:
         before = set() if created else {p.name for p in run_dir.iterdir()}
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VarattnError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
-    torch.manual_seed(cfg.seed)
     try:
         task.prepare(run_dir)
-        model = task.build_model().to(device)  # before the optimizer, whose state follows the parameters
+        model = task.build_model()
     except BaseException:
         _remove_partial_start(run_dir, created, before)
         raise
-    optimizer = make_optimizer(model, cfg.lr)
-    state = TrainerState(lr=cfg.lr, data_sha256=task.fingerprint())
     info = task.save(run_dir)
     save_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "task": task.name, "config": cfg.to_dict(), **info})
-    trainer = Trainer(task, cfg, run_dir, model, optimizer, state, device, MetricsLog(run_dir, tensorboard),
-                      progress)
-    log.info("device: %s%s", device, f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
-    return trainer
+    return model
 
 
 def _remove_partial_start(run_dir: Path, created: bool, before: set[str]) -> None:
@@ -309,13 +413,15 @@ def _check_resumable(run_dir: Path, cfg: TrainingConfig) -> tuple[dict, bool]:
 
 def resume(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool | None = None,
            tensorboard: bool = True) -> Trainer:
-    """Continue ``run_dir`` from its ``resume/`` checkpoint.
+    """Continue ``run_dir`` from its ``resume/`` checkpoint, on as many processes as now run.
 
     Only the keys in ``cfg.RESUMABLE_KEYS`` may differ from the run's ``run.json`` (which is then
-    updated, so later resumes keep the new ``max_steps`` or ``epochs``).
+    updated, so later resumes keep the new ``max_steps`` or ``epochs``). With as many processes as
+    saved the run, every rank gets its random stream back (bit-identical continuation); with another
+    number, each rank starts a fresh stream seeded from the seed, its rank and the step.
     """
     run_dir = Path(run_dir)
-    device = _prepare_device(cfg)
+    world, device = _prepare_device(cfg)
     info, changed = _check_resumable(run_dir, cfg)
     point = read_resume(run_dir / RESUME_DIR)
     st = point.state
@@ -334,14 +440,22 @@ def resume(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool 
     optimizer = make_optimizer(model, cfg.lr)
     point.apply(run_dir / RESUME_DIR, model, optimizer)
     set_lr(optimizer, st.lr)  # the counter is what the schedule follows
-    cut_metrics(run_dir, st.metrics_bytes)
-    metrics = MetricsLog(run_dir, tensorboard, purge_step=st.step + 1)
-    trainer = Trainer(task, cfg, run_dir, model, optimizer, st, device, metrics, progress)
-    if changed:
-        info["config"] = cfg.to_dict()
-        save_json(run_dir / RUN_FILE, info)
+    if world.main:
+        cut_metrics(run_dir, st.metrics_bytes)
+        if changed:
+            info["config"] = cfg.to_dict()
+            save_json(run_dir / RUN_FILE, info)
+    metrics = MetricsLog(run_dir, tensorboard, purge_step=st.step + 1, enabled=world.main)
+    trainer = Trainer(task, cfg, run_dir, model, optimizer, st, device, metrics, progress, world)
+    saved = len(point.rng_states)
+    if saved == world.size:
+        point.restore_rng(run_dir / RESUME_DIR, world.rank)
+    else:
+        log.info("%s was saved by %d process(es), resumed on %d: every rank starts a fresh random stream",
+                 run_dir, saved, world.size)
+        torch.manual_seed(distributed.rank_seed(cfg.seed, world.rank, st.step))
     log.info("resuming at step %d (epoch %d, batch %d)", st.step, st.epoch + 1, st.batch_in_epoch)
-    log.info("device: %s%s", device, f" ({torch.get_num_threads()} threads)" if device.type == "cpu" else "")
+    _log_device(world, device)
     return trainer
 
 

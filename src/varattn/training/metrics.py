@@ -42,16 +42,19 @@ class MetricsLog:
     ``metrics.jsonl``. ``purge_step`` drops events a crashed run logged after its last resume/ save.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, purge_step: int | None = None):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, purge_step: int | None = None, enabled: bool = True):
         self.path = Path(run_dir) / METRICS_FILE
+        self.enabled = enabled  # False on data-parallel ranks other than 0: nothing is written
         self.writer = None
-        if tensorboard:
+        if tensorboard and enabled:
             try:
                 self.writer = summary_writer(Path(run_dir) / "tb", purge_step=purge_step)
             except VarattnError as exc:  # the tensorboard extra is not installed
                 log.warning("%s; metrics go to %s only (--no-tensorboard silences this)", exc, METRICS_FILE)
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:

@@ -2,7 +2,7 @@
 
 ``resume/`` holds everything the numbers depend on -- model, Adam state, learning rate, step, epoch,
 position in the epoch's batch order, best metric, the open train-record window and torch's RNG
-state(s) -- so an interrupted run continued with ``--resume`` ends bit-identical to one that was
+state(s) of every rank -- so an interrupted run continued with ``--resume`` ends bit-identical to one that was
 never stopped. (Batching draws from its own seeded ``random.Random``, never the global generators.)
 """
 
@@ -59,9 +59,10 @@ def set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state(cuda_state, index)
 
 
-def save_resume(directory, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState) -> None:
-    """Write the ``resume/`` checkpoint atomically."""
-    tensors, skeleton = flatten_state({"optimizer": optimizer.state_dict(), "rng": rng_state()})
+def save_resume(directory, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState,
+                rng_states: list[dict]) -> None:
+    """Write the ``resume/`` checkpoint atomically; ``rng_states``: every rank's :func:`rng_state`, in rank order."""
+    tensors, skeleton = flatten_state({"optimizer": optimizer.state_dict(), "rng": rng_states})
     weights = {f"{MODEL_PREFIX}{k}": v.detach() for k, v in model.state_dict().items()}
     save_checkpoint(directory, {**weights, **tensors}, {"skeleton": skeleton, "state": asdict(state)})
 
@@ -74,8 +75,14 @@ class ResumePoint:
     weights: dict[str, torch.Tensor]
     rest: dict
 
+    @property
+    def rng_states(self) -> list[dict]:
+        """Every rank's RNG state, in rank order (one for a single-process run)."""
+        states = self.rest.get("rng")
+        return [states] if isinstance(states, dict) else list(states or [])
+
     def apply(self, where, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Load the weights, Adam's state and the RNG state; a mismatch is a one-line VarattnError."""
+        """Load the weights and Adam's state; a mismatch is a one-line VarattnError."""
         try:
             model.load_state_dict(self.weights)
         except RuntimeError as exc:
@@ -83,9 +90,15 @@ class ResumePoint:
             raise VarattnError(f"checkpoint {where} does not fit the model of this run ({first})") from None
         try:
             optimizer.load_state_dict(self.rest["optimizer"])
-            set_rng_state(self.rest["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise VarattnError(f"checkpoint {where} is corrupted (optimizer or RNG state: {exc})") from None
+            raise VarattnError(f"checkpoint {where} is corrupted (optimizer state: {exc})") from None
+
+    def restore_rng(self, where, rank: int) -> None:
+        """Rank ``rank``'s RNG state from the checkpoint (saved by as many processes as now run)."""
+        try:
+            set_rng_state(self.rng_states[rank])
+        except (IndexError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise VarattnError(f"checkpoint {where} is corrupted (RNG state: {exc})") from None
 
 
 def read_resume(directory) -> ResumePoint:
