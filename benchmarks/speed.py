@@ -52,7 +52,6 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 from machine import cpu_name  # benchmarks/machine.py, beside this script
@@ -226,15 +225,19 @@ def _reset_peak() -> bool:
         return False
 
 
-def trainer_stand_in(cfg, model, objective, device) -> types.SimpleNamespace:
-    """What ``Trainer.update`` reads, so that it can be timed alone (a Trainer also owns files and data)."""
+def trainer_stand_in(cfg, model, objective, device):
+    """A ``Trainer`` holding only what ``Trainer.update`` reads, so that it can be timed alone (a real one
+    also owns files, data and metrics)."""
     from varattn.nmt.task import NMTTask
-    from varattn.training import TrainerState, make_optimizer
+    from varattn.training import Trainer, TrainerState, make_optimizer
+    from varattn.training.distributed import SINGLE
 
     task = NMTTask(cfg)
     task.objective = objective
-    return types.SimpleNamespace(cfg=cfg, state=TrainerState(lr=cfg.lr), task=task, model=model,
-                                 optimizer=make_optimizer(model, cfg.lr), device=device)
+    trainer = Trainer.__new__(Trainer)
+    vars(trainer).update(cfg=cfg, state=TrainerState(lr=cfg.lr), task=task, model=model, device=device,
+                         optimizer=make_optimizer(model, cfg.lr), world=SINGLE, stop_agreed=False)
+    return trainer
 
 
 def measure(config: str, mode: str, args) -> dict:
