@@ -81,10 +81,10 @@ def _crash_at(trainer: Trainer, step: int) -> None:
     """Make ``trainer`` die when it is about to take update number ``step``."""
     update = trainer.update
 
-    def dying(batch):
+    def dying(batch, *args):
         if trainer.state.step + 1 == step:
             raise Crash
-        return update(batch)
+        return update(batch, *args)
 
     trainer.update = dying
 
