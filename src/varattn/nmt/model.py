@@ -264,23 +264,21 @@ class LatentAlignmentNMT(nn.Module):
         return objective.score(self.problem(batch, objective.uses_posterior and topk is None, topk))
 
     # -- prediction ----------------------------------------------------------------------
-    def next_token_log_probs(self, query: Tensor, scores: Tensor, enc: Encoded, predictive: str) -> Tensor:
+    def next_token_log_probs(self, query: Tensor, scores: Tensor, enc: Encoded, mixture: bool) -> Tensor:
         """``log p(y_t = w | x, y_<t)`` for every word: ``(B, V)``.
 
-        ``predictive`` is the objective's predictive rule: ``marginal`` sums over
-        alignments (``log sum_i p_i f(x, i)``), ``soft`` and ``prior-mean`` evaluate the
-        output at the expected context under the prior.
+        With ``mixture`` (the objective's ``predicts_mixture``) the alignment is summed out,
+        ``log sum_i p_i f(x, i)``; otherwise the output is evaluated at the expected context
+        under the prior, ``log f(x, E_p[z])`` (soft attention, and the relaxed models' prior mean).
         """
         log_alpha = torch.log_softmax(scores, -1)  # (B, S)
         q_pre = self.head.query_part(query)  # (B, D)
-        if predictive == "marginal":
+        if mixture:
             pre = q_pre.unsqueeze(1) + self.head.context_part(enc.memory)  # (B, S, D)
             log_f = self.head.log_probs(pre)  # (B, S, V)
             return torch.logsumexp(log_alpha.unsqueeze(-1) + log_f, dim=1)
-        if predictive in ("soft", "prior-mean"):
-            context = torch.bmm(log_alpha.exp().unsqueeze(1), enc.memory).squeeze(1)  # (B, Dm)
-            return self.head.log_probs(q_pre + self.head.context_part(context))
-        raise ValueError(f"unknown predictive rule {predictive!r}")
+        context = torch.bmm(log_alpha.exp().unsqueeze(1), enc.memory).squeeze(1)  # (B, Dm)
+        return self.head.log_probs(q_pre + self.head.context_part(context))
 
     def sampled_token_log_probs(self, query: Tensor, scores: Tensor, enc: Encoded, sampler) -> Tensor:
         """``log 1/K sum_k f(x, z_k)`` for every word ``(B, V)``, ``z_k = sampler(scores)`` ``(K, B, S)``.

@@ -228,7 +228,7 @@ def next_log_probs(model: LatentAlignmentNMT, query: Tensor, scores: Tensor, enc
     batch. The result equals ``model.next_token_log_probs`` up to float rounding (tested).
     """
     if not objective.predicts_mixture:
-        return model.next_token_log_probs(query, scores, enc, objective.predictive)
+        return model.next_token_log_probs(query, scores, enc, mixture=False)
     head = model.head
     rows, cols = torch.isfinite(scores).nonzero(as_tuple=True)  # (M,) each, row-major
     if context_pre is None:
