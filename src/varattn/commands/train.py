@@ -82,9 +82,11 @@ def _new_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from varattn.nmt.train import train
+    from varattn.training.distributed import world_from_env
 
     cfg, run_dir = _resumed_config(args) if args.resume else _new_config(args)
-    log.info("training %s into %s", cfg.mode, run_dir)
+    if world_from_env().main:  # under torchrun, one voice: rank 0's
+        log.info("training %s into %s", cfg.mode, run_dir)
     result = train(cfg, run_dir, resume=bool(args.resume), progress=None if not args.no_progress else False,
                    tensorboard=not args.no_tensorboard)
     elbo = f" | ELBO perplexity {result['elbo_ppl']:.3f}" if result.get("elbo_ppl") is not None else ""
