@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "varattn.commands.plot_metrics",
     "varattn.commands.toy_data",
     "varattn.commands.prepare",
+    "varattn.commands.vqa",
 ]
 
 

@@ -19,7 +19,7 @@ from varattn.errors import VarattnError
 EXTRAS = {
     "tensorboard": ("tensorboard",),
     "plot": ("matplotlib",),
-    "vqa": ("easy-vqa", "pillow"),
+    "vqa": ("easy-vqa", "pillow", "h5py"),
 }
 
 

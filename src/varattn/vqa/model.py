@@ -1,0 +1,226 @@
+"""The paper's VQA model with a latent alignment over image regions (notes C).
+
+For a question ``x~`` (a 1-layer LSTM over word embeddings) and regions ``x_1..x_R`` (precomputed
+features, or the cells of a small CNN's feature grid):
+
+- prior ``p(z = i) ∝ exp(w^T tanh(W1 x_i + W2 x~))``;
+- output ``f(x, z) = softmax(W_a drop(ReLU(W_o [x~ ; x_z] + b)))`` over the answers (a 1-layer MLP,
+  dropout before the answer projection);
+- inference network ``q(z = i | a) ∝ exp(u^T tanh(U1 (x_i ⊙ ReLU(V1 h_a)) + U2 (x~ ⊙ ReLU(V2 h_a))))``,
+  where ``h_a`` is an embedding of the answer ``a``.
+
+The latent layer sees one "target position" per answer: training uses one sampled answer per
+question (``T = 1``), evaluation every in-vocabulary annotator answer (``T`` candidates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from varattn.errors import VarattnError
+from varattn.latent import AlignmentProblem, ContextEmission, LinearSoftmaxHead, MaskedCategorical
+
+REGION_ENCODERS = ("cnn", "features")
+
+
+@dataclass
+class VQAModelConfig:
+    """Sizes of the model (``vqa2``: the paper's; ``easy``: two CPU cores).
+
+    ``region_encoder`` is ``cnn`` (regions are the ``grid x grid`` cells of a CNN over the raw
+    image, trained with the rest) or ``features`` (precomputed ``feature_dim``-wide regions).
+    """
+
+    num_words: int = 0
+    num_answers: int = 0
+    region_encoder: str = "features"
+    feature_dim: int = 2048
+    cnn_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
+    cnn_input_pool: int = 2
+    cnn_batchnorm: bool = True
+    embed_dim: int = 300
+    question_hidden: int = 1024
+    attention_dim: int = 1024
+    output_hidden: int = 1024
+    answer_embed_dim: int = 256
+    inference_hidden: int = 1024
+    dropout: float = 0.5
+    enum_chunk_rows: int = 8192
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VQAModelConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise VarattnError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    @property
+    def region_dim(self) -> int:
+        return self.cnn_channels[-1] if self.region_encoder == "cnn" else self.feature_dim
+
+
+class GridCNN(nn.Module):
+    """Raw images ``(B, H, W, 3)`` uint8 -> regions ``(B, R, C)``: the cells of a conv feature grid.
+
+    The image is first average-pooled by ``input_pool``; each block is then a 3x3 convolution,
+    batch normalisation (``batchnorm``), ReLU and 2x2 max-pooling. With the ``easy`` config a 64x64
+    image becomes 32x32, then a 4x4 grid (R = 16) whose cells each see about a 44-pixel square of
+    the original.
+    """
+
+    def __init__(self, channels: list[int], input_pool: int = 1, batchnorm: bool = True):
+        super().__init__()
+        layers, c_in = [nn.AvgPool2d(input_pool)] if input_pool > 1 else [], 3
+        for c_out in channels:
+            layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batchnorm))
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+            c_in = c_out
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images.permute(0, 3, 1, 2).float().div(255.0).sub(0.5)  # (B, 3, H, W)
+        grid = self.net(x)  # (B, C, h, w)
+        return grid.flatten(2).transpose(1, 2)  # (B, h*w, C)
+
+
+class QuestionEncoder(nn.Module):
+    """Words ``(B, L)`` with lengths ``(B,)`` -> the last LSTM state ``(B, H)``."""
+
+    def __init__(self, num_words: int, embed_dim: int, hidden: int):
+        super().__init__()
+        self.embed = nn.Embedding(num_words, embed_dim, padding_idx=0)
+        self.lstm = nn.LSTM(embed_dim, hidden, batch_first=True)
+
+    def forward(self, words: Tensor, lengths: Tensor) -> Tensor:
+        emb = self.embed(words)  # (B, L, E)
+        packed = nn.utils.rnn.pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)
+        return h[-1]  # (B, H)
+
+
+class ReLUSoftmaxHead(LinearSoftmaxHead):
+    """``softmax(W_a drop(ReLU(W_o [x~ ; x_z] + b)))``: the notes' 1-layer ReLU MLP over ``[x_z ; x~]``."""
+
+    def hidden(self, pre: Tensor) -> Tensor:
+        return self.dropout(torch.relu(pre))
+
+
+@dataclass
+class Encoded:
+    """A batch after the region and question encoders.
+
+    Attributes:
+        regions: ``(B, R, D)`` region vectors ``x_i``.
+        region_mask: ``(B, R)`` bool, True at real regions.
+        query: ``(B, Dq)`` the question vector ``x~``.
+    """
+
+    regions: Tensor
+    region_mask: Tensor
+    query: Tensor
+
+
+class VQAModel(nn.Module):
+    """See the module docstring; ``problem`` builds the ``AlignmentProblem`` every objective takes."""
+
+    def __init__(self, cfg: VQAModelConfig, with_inference: bool = True):
+        super().__init__()
+        if cfg.num_words < 2 or cfg.num_answers < 1:
+            raise VarattnError("the model needs a question vocabulary and at least one answer")
+        self.cfg = cfg
+        d, dq, a = cfg.region_dim, cfg.question_hidden, cfg.attention_dim
+        self.cnn = None
+        if cfg.region_encoder == "cnn":
+            self.cnn = GridCNN(cfg.cnn_channels, cfg.cnn_input_pool, cfg.cnn_batchnorm)
+        self.question = QuestionEncoder(cfg.num_words, cfg.embed_dim, dq)
+        # prior: w^T tanh(W1 x_i + W2 x~)
+        self.prior_region = nn.Linear(d, a, bias=False)
+        self.prior_query = nn.Linear(dq, a)
+        self.prior_out = nn.Linear(a, 1, bias=False)
+        self.head = ReLUSoftmaxHead(dq, d, cfg.output_hidden, cfg.num_answers, cfg.dropout)
+        # inference network: u^T tanh(U1 (x_i ⊙ ReLU(V1 h_a)) + U2 (x~ ⊙ ReLU(V2 h_a)))
+        self.with_inference = with_inference
+        if not with_inference:  # modes without q never build it
+            return
+        hi = cfg.inference_hidden
+        self.answer_embed = nn.Embedding(cfg.num_answers, cfg.answer_embed_dim)
+        self.gate_region = nn.Linear(cfg.answer_embed_dim, d)
+        self.gate_query = nn.Linear(cfg.answer_embed_dim, dq)
+        self.post_region = nn.Linear(d, hi, bias=False)
+        self.post_query = nn.Linear(dq, hi)
+        self.post_out = nn.Linear(hi, 1, bias=False)
+
+    # -- encoders ----------------------------------------------------------------------------------
+    def encode(self, words: Tensor, lengths: Tensor, regions: dict[str, Tensor]) -> Encoded:
+        """Questions and ``regions`` (``images``, or ``features`` with ``region_mask``) -> ``Encoded``."""
+        if self.cnn is not None:
+            if "images" not in regions:
+                raise VarattnError("this model reads raw images (region_encoder cnn), not region features")
+            x = self.cnn(regions["images"])  # (B, R, C)
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        else:
+            if "features" not in regions:
+                raise VarattnError("this model reads region features (region_encoder features), not raw images")
+            x, mask = regions["features"], regions["region_mask"]
+            if x.shape[-1] != self.cfg.feature_dim:
+                raise VarattnError(f"region features are {x.shape[-1]} wide; the model expects {self.cfg.feature_dim}")
+        return Encoded(x, mask, self.question(words, lengths))
+
+    def prior_scores(self, enc: Encoded) -> Tensor:
+        """``(B, R)`` unnormalised prior scores."""
+        h = torch.tanh(self.prior_region(enc.regions) + self.prior_query(enc.query).unsqueeze(1))  # (B, R, A)
+        return self.prior_out(h).squeeze(-1)
+
+    def posterior_scores(self, enc: Encoded, answers: Tensor) -> Tensor:
+        """``(B, T, R)`` inference-network scores for answers ``(B, T)``."""
+        if not self.with_inference:
+            raise VarattnError("this model has no inference network (its mode does not use q)")
+        h_a = self.answer_embed(answers)  # (B, T, Ha)
+        gate_x = torch.relu(self.gate_region(h_a))  # (B, T, D)
+        gate_q = torch.relu(self.gate_query(h_a))  # (B, T, Dq)
+        region_part = self.post_region(enc.regions.unsqueeze(1) * gate_x.unsqueeze(2))  # (B, T, R, Hi)
+        query_part = self.post_query(enc.query.unsqueeze(1) * gate_q)  # (B, T, Hi)
+        return self.post_out(torch.tanh(region_part + query_part.unsqueeze(2))).squeeze(-1)  # (B, T, R)
+
+    # -- the latent layer ---------------------------------------------------------------------------
+    def problem(self, enc: Encoded, answers: Tensor, answer_mask: Tensor, posterior: bool) -> AlignmentProblem:
+        """The alignment problem of answers ``(B, T)`` (``answer_mask (B, T)``); q only if ``posterior``."""
+        b, t = answers.shape
+        prior = self.prior_scores(enc).unsqueeze(1).expand(b, t, -1)  # (B, T, R)
+        query = enc.query.unsqueeze(1).expand(b, t, -1)  # (B, T, Dq)
+        emission = ContextEmission(self.head, query, enc.regions, answers, answer_mask,
+                                   chunk_rows=self.cfg.enum_chunk_rows, source_mask=enc.region_mask)
+        post = self.posterior_scores(enc, answers) if posterior else None
+        return AlignmentProblem(prior, enc.region_mask, answer_mask, emission, post)
+
+    def prior(self, enc: Encoded) -> MaskedCategorical:
+        """``p(z | x, x~)`` with batch shape ``(B, 1)`` over ``R`` regions."""
+        return MaskedCategorical(self.prior_scores(enc).unsqueeze(1), enc.region_mask.unsqueeze(1))
+
+    def region_log_probs(self, enc: Encoded) -> Tensor:
+        """``(B, R, A)``: ``log f(x, i)`` over every answer for every region ``i`` (0 at masked regions)."""
+        pre = self.head.query_part(enc.query).unsqueeze(1) + self.head.context_part(enc.regions)  # (B, R, H)
+        return self.head.log_probs(pre) * enc.region_mask.unsqueeze(-1)
+
+    def answer_log_probs(self, enc: Encoded, predictive: str) -> Tensor:
+        """``(B, A)`` log-probabilities of every answer under an objective's predictive rule.
+
+        ``marginal``: ``log sum_i p(z = i) f(x, i)``; ``soft`` and ``prior-mean``: ``log f`` at the
+        expected region ``sum_i p(z = i) x_i``.
+        """
+        prior = self.prior(enc)
+        if predictive == "marginal":
+            return torch.logsumexp(prior.log_probs.transpose(1, 2) + self.region_log_probs(enc), dim=1)  # (B, A)
+        if predictive in ("soft", "prior-mean"):
+            context = (prior.probs @ enc.regions).squeeze(1)  # (B, D)
+            return self.head.log_probs(self.head.query_part(enc.query) + self.head.context_part(context))
+        raise ValueError(f"unknown predictive rule {predictive!r}")
