@@ -79,3 +79,15 @@ def test_cli_default_config_pieces(tmp_path, capsys):
     import varattn
 
     assert type(varattn.load(run, device="cpu")).__name__ == "TrainedVQA"
+
+
+def test_resume_continues_exactly(tmp_path):
+    """Stopped after 2 updates and resumed to 4, a run ends with the numbers of one never stopped."""
+    over = {"mode": "var-sample", "batch_size": 16, "threads": 1, "device": "cpu", "valid_batch_size": 16}
+    whole = train(load_config("easy", {**over, "max_steps": 4}, TINY), tmp_path / "whole", progress=False,
+                  tensorboard=False)
+    train(load_config("easy", {**over, "max_steps": 2}, TINY), tmp_path / "cut", progress=False, tensorboard=False)
+    resumed = train(load_config("easy", {**over, "max_steps": 4}, TINY), tmp_path / "cut", resume=True,
+                    progress=False, tensorboard=False)
+    for key in KEYS:
+        assert resumed[key] == whole[key], key
