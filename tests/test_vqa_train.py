@@ -62,6 +62,15 @@ def test_cli_default_config_pieces(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert {"accuracy", "nll", "elbo_nll", "prior_entropy", "posterior_entropy", "questions"} <= set(result)
     assert result["questions"] == 20
+    assert set(result["accuracy_by_type"]) <= {"yes/no", "shape", "color"} and result["accuracy_by_type"]
+    by_type = result["accuracy_by_type"]  # the overall accuracy is the questions' mean over the types
+    from varattn.vqa.easy import load_split as split
+
+    answers = split("test", 20).answers
+    counts = {"yes/no": sum(a in ("yes", "no") for a in answers),
+              "shape": sum(a in ("circle", "rectangle", "triangle") for a in answers)}
+    counts["color"] = 20 - counts["yes/no"] - counts["shape"]
+    assert sum(by_type.get(k, 0.0) * n for k, n in counts.items()) / 20 == pytest.approx(result["accuracy"])
     out = tmp_path / "regions.png"
     from varattn.vqa.easy import load_split
 

@@ -149,6 +149,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"mode {trained.mode} | {result['questions']} questions ({result['scored_questions']} with an answer in "
           "the vocabulary)")
     print(f"VQA accuracy          {result['accuracy']:.4f}")
+    for kind, value in result["accuracy_by_type"].items():
+        print(f"  {kind:<19} {value:.4f}")
     print(f"exact NLL             {result['nll']:.4f}")
     if result["elbo_nll"] is not None:
         print(f"-ELBO                 {result['elbo_nll']:.4f}")

@@ -33,6 +33,8 @@ class QuestionSet:
         answers: per question, ``(answer index, annotator count)`` for every answer in the
             answer vocabulary that an annotator gave; may be empty (no in-vocabulary answer).
         annotators: per question, how many annotators answered (1 for easy-VQA, 10 for VQA 2.0).
+        answer_types: per question, its answer type for the per-type accuracy (VQA 2.0's
+            ``answer_type``: ``yes/no``, ``number``, ``other``; easy-VQA: ``yes/no``, ``shape``, ``color``).
     """
 
     question_ids: list
@@ -41,6 +43,7 @@ class QuestionSet:
     image_ids: list
     answers: list[list[tuple[int, int]]]
     annotators: list[int]
+    answer_types: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -49,7 +52,8 @@ class QuestionSet:
         pick = list(indices)
         return QuestionSet([self.question_ids[i] for i in pick], [self.texts[i] for i in pick],
                            [self.words[i] for i in pick], [self.image_ids[i] for i in pick],
-                           [self.answers[i] for i in pick], [self.annotators[i] for i in pick])
+                           [self.answers[i] for i in pick], [self.annotators[i] for i in pick],
+                           [self.answer_types[i] for i in pick] if self.answer_types else [])
 
     def answerable(self) -> list[int]:
         """Indices of the questions with at least one in-vocabulary answer."""
@@ -161,6 +165,7 @@ class Batch:
         answer_mask: ``(B, T)`` bool, True at real candidates.
         weights: ``(B, T)`` float: annotator counts of the candidates, normalised per question (0 at padding).
         scores: ``(B, T)`` float: the VQA accuracy each candidate would earn.
+        types: the questions' answer types (empty when the data has none).
     """
 
     index: list[int]
@@ -171,12 +176,12 @@ class Batch:
     answer_mask: Tensor
     weights: Tensor
     scores: Tensor
-    extra: dict = field(default_factory=dict)
+    types: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device) -> Batch:
         move = {k: v.to(device) for k, v in self.regions.items()}
         return Batch(self.index, self.words.to(device), self.lengths.to(device), move, self.answers.to(device),
-                     self.answer_mask.to(device), self.weights.to(device), self.scores.to(device), self.extra)
+                     self.answer_mask.to(device), self.weights.to(device), self.scores.to(device), self.types)
 
 
 def make_batch(questions: QuestionSet, spec: BatchSpec, source: RegionSource) -> Batch:
@@ -206,5 +211,6 @@ def make_batch(questions: QuestionSet, spec: BatchSpec, source: RegionSource) ->
     weights = torch.where(totals > 0, counts / totals.clamp(min=1e-9), torch.zeros_like(counts))
     scores = vqa_score(counts, annotators.unsqueeze(1)) * mask
     regions = source.gather([questions.image_ids[i] for i in index])
+    types = [questions.answer_types[i] for i in index] if questions.answer_types else []
     return Batch(list(index), words, torch.tensor(lengths, dtype=torch.long), regions, answers, mask, weights,
-                 scores)
+                 scores, types)

@@ -35,7 +35,15 @@ def easy_questions(split: easy.EasySplit, words: Vocab, answers: Vocab, max_len:
         out.image_ids.append(split.image_ids[i])
         out.answers.append([(answers.stoi[split.answers[i]], 1)])
         out.annotators.append(1)
+        out.answer_types.append(easy_answer_type(split.answers[i]))
     return out
+
+
+def easy_answer_type(answer: str) -> str:
+    """easy-VQA's answer types: ``yes/no``, ``shape`` or ``color``."""
+    if answer in ("yes", "no"):
+        return "yes/no"
+    return "shape" if answer in ("circle", "rectangle", "triangle") else "color"
 
 
 def prepare_easy(data: VQADataConfig, words: Vocab | None = None) -> Prepared:

@@ -14,7 +14,9 @@ counts normalised over the in-vocabulary answers; one answer with ``w = 1`` for 
   of the inference network ``q(z | x, a)``, weighted by ``w_a``; ``exact_posterior_entropy``: of
   ``p(z | x, a) ∝ p(z | x) f(x, z)_a`` for the latent (non-soft) models.
 
-NLL and entropies average over the questions with an in-vocabulary answer (``scored``).
+``accuracy_by_type`` gives the accuracy per answer type (VQA 2.0's ``yes/no``, ``number``, ``other``;
+easy-VQA's ``yes/no``, ``shape``, ``color``). NLL and entropies average over the questions with an
+in-vocabulary answer (``scored``).
 Sums are kept per batch so that data-parallel ranks can add them up.
 """
 
@@ -51,7 +53,11 @@ def batch_sums(model: VQAModel, objective: Objective, batch: Batch) -> dict[str,
         out["posterior_entropy"] = float((scores.figures["posterior_entropy"] * w).sum())
     out["prior_entropy"] = float(prior.entropy().squeeze(1)[answerable].sum())
     predicted = model.answer_log_probs(enc, objective.predictive).argmax(-1)  # (B,)
-    out["correct"] = float((batch.scores * (batch.answers == predicted.unsqueeze(1))).sum())
+    earned = (batch.scores * (batch.answers == predicted.unsqueeze(1))).sum(1)  # (B,)
+    out["correct"] = float(earned.sum())
+    for kind, score in zip(batch.types, earned.tolist()):  # per answer type: "correct/yes/no", "count/yes/no"
+        out[f"correct/{kind}"] = out.get(f"correct/{kind}", 0.0) + score
+        out[f"count/{kind}"] = out.get(f"count/{kind}", 0.0) + 1.0
     if objective.predictive == "marginal":
         emit = model.region_log_probs(enc).transpose(1, 2)  # (B, A, R)
         emit = emit.gather(1, batch.answers.unsqueeze(-1).expand(-1, -1, emit.shape[-1]))  # (B, T, R)
@@ -95,6 +101,8 @@ def figures(sums: dict[str, float], objective: Objective) -> dict:
         "posterior_entropy": sums["posterior_entropy"] / scored if objective.uses_posterior else None,
         "exact_posterior_entropy": (sums["exact_posterior_entropy"] / scored
                                     if objective.predictive == "marginal" else None),
+        "accuracy_by_type": {key[len("count/"):]: sums[f"correct/{key[len('count/'):]}"] / sums[key]
+                             for key in sorted(sums) if key.startswith("count/") and sums[key]},
         "questions": int(sums["questions"]),
         "scored_questions": int(sums["scored"]),
     }

@@ -52,7 +52,8 @@ def read_annotations(path: str | Path) -> dict[int, dict]:
         majority = e.get("multiple_choice_answer")
         if majority is None:
             majority = Counter(answers).most_common(1)[0][0] if answers else ""
-        out[e["question_id"]] = {"answers": answers, "majority": normalize_answer(str(majority))}
+        out[e["question_id"]] = {"answers": answers, "majority": normalize_answer(str(majority)),
+                                 "type": str(e.get("answer_type", "other"))}
     return out
 
 
@@ -81,4 +82,6 @@ def question_set(questions: list[RawQuestion], annotations: dict[int, dict] | No
         out.image_ids.append(q.image_id)
         out.answers.append([(answers.stoi[a], c) for a, c in counts.items() if a in answers])
         out.annotators.append(max(1, len(given)))
+        if annotations is not None:
+            out.answer_types.append(annotations[q.question_id]["type"])
     return out
