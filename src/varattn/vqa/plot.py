@@ -61,13 +61,14 @@ def plot_regions(regions, path: str | os.PathLike[str], image=None, question: st
                 heat = _heat(probs, regions.grid, None, pixels.shape[:2])
             else:
                 heat = _heat(probs, None, regions.boxes, pixels.shape[:2])
-            ax.imshow(heat, cmap="magma", alpha=0.55, vmin=0.0, vmax=max(float(heat.max()), 1e-9))
+            ax.imshow(heat, cmap="magma", alpha=0.55, vmin=0.0, vmax=max(float(heat.max()), 1e-9))  # bright: likely
             ax.set_title(title, fontsize=9)
             ax.axis("off")
         bar = axes[rows - 1, col]
         bar.bar(np.arange(len(probs)), probs, color="tab:purple")
         bar.set_xlabel("region")
-        bar.set_ylim(0, 1)
+        bar.set_ylim(0, min(1.0, 1.15 * max(float(np.max(p)) for _, p in panels)))
+        bar.axhline(1.0 / len(probs), color="gray", lw=0.8, ls="--")  # uniform over the regions
         if not draw_image:
             bar.set_title(title, fontsize=9)
     if question:
