@@ -32,7 +32,7 @@ from varattn.vqa.data import Batch
 from varattn.vqa.model import VQAModel
 
 SUM_KEYS = ("questions", "scored", "correct", "nll", "elbo_nll", "prior_entropy", "posterior_entropy",
-            "exact_posterior_entropy")
+            "posterior_scored", "exact_posterior_entropy")
 
 
 def batch_sums(model: VQAModel, objective: Objective, batch: Batch) -> dict[str, float]:
@@ -49,8 +49,9 @@ def batch_sums(model: VQAModel, objective: Objective, batch: Batch) -> dict[str,
     out["nll"] = float(-(scores.log_likelihood * w).sum())
     if "elbo" in scores.figures:
         out["elbo_nll"] = float(-(scores.figures["elbo"] * w).sum())
-    if "posterior_entropy" in scores.figures:
+    if "posterior_entropy" in scores.figures:  # the categorical q (the relaxed objective reports none)
         out["posterior_entropy"] = float((scores.figures["posterior_entropy"] * w).sum())
+        out["posterior_scored"] = out["scored"]
     out["prior_entropy"] = float(prior.entropy().squeeze(1)[answerable].sum())
     predicted = model.answer_log_probs(enc, objective.predictive).argmax(-1)  # (B,)
     earned = (batch.scores * (batch.answers == predicted.unsqueeze(1))).sum(1)  # (B,)
@@ -98,7 +99,7 @@ def figures(sums: dict[str, float], objective: Objective) -> dict:
         "nll": sums["nll"] / scored,
         "elbo_nll": sums["elbo_nll"] / scored if objective.uses_posterior else None,
         "prior_entropy": sums["prior_entropy"] / scored,
-        "posterior_entropy": sums["posterior_entropy"] / scored if objective.uses_posterior else None,
+        "posterior_entropy": sums["posterior_entropy"] / scored if sums.get("posterior_scored") else None,
         "exact_posterior_entropy": (sums["exact_posterior_entropy"] / scored
                                     if objective.predictive == "marginal" else None),
         "accuracy_by_type": {key[len("count/"):]: sums[f"correct/{key[len('count/'):]}"] / sums[key]
