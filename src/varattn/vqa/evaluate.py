@@ -53,13 +53,13 @@ def batch_sums(model: VQAModel, objective: Objective, batch: Batch) -> dict[str,
         out["posterior_entropy"] = float((scores.figures["posterior_entropy"] * w).sum())
         out["posterior_scored"] = out["scored"]
     out["prior_entropy"] = float(prior.entropy().squeeze(1)[answerable].sum())
-    predicted = model.answer_log_probs(enc, objective.predictive).argmax(-1)  # (B,)
+    predicted = model.answer_log_probs(enc, objective.predicts_mixture).argmax(-1)  # (B,)
     earned = (batch.scores * (batch.answers == predicted.unsqueeze(1))).sum(1)  # (B,)
     out["correct"] = float(earned.sum())
     for kind, score in zip(batch.types, earned.tolist()):  # per answer type: "correct/yes/no", "count/yes/no"
         out[f"correct/{kind}"] = out.get(f"correct/{kind}", 0.0) + score
         out[f"count/{kind}"] = out.get(f"count/{kind}", 0.0) + 1.0
-    if objective.predictive == "marginal":
+    if objective.predicts_mixture:
         emit = model.region_log_probs(enc).transpose(1, 2)  # (B, A, R)
         emit = emit.gather(1, batch.answers.unsqueeze(-1).expand(-1, -1, emit.shape[-1]))  # (B, T, R)
         exact = MaskedCategorical(prior.log_probs + emit, enc.region_mask.unsqueeze(1))
@@ -101,7 +101,7 @@ def figures(sums: dict[str, float], objective: Objective) -> dict:
         "prior_entropy": sums["prior_entropy"] / scored,
         "posterior_entropy": sums["posterior_entropy"] / scored if sums.get("posterior_scored") else None,
         "exact_posterior_entropy": (sums["exact_posterior_entropy"] / scored
-                                    if objective.predictive == "marginal" else None),
+                                    if objective.predicts_mixture else None),
         "accuracy_by_type": {key[len("count/"):]: sums[f"correct/{key[len('count/'):]}"] / sums[key]
                              for key in sorted(sums) if key.startswith("count/") and sums[key]},
         "questions": int(sums["questions"]),

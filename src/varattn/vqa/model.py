@@ -211,16 +211,15 @@ class VQAModel(nn.Module):
         pre = self.head.query_part(enc.query).unsqueeze(1) + self.head.context_part(enc.regions)  # (B, R, H)
         return self.head.log_probs(pre) * enc.region_mask.unsqueeze(-1)
 
-    def answer_log_probs(self, enc: Encoded, predictive: str) -> Tensor:
+    def answer_log_probs(self, enc: Encoded, mixture: bool) -> Tensor:
         """``(B, A)`` log-probabilities of every answer under an objective's predictive rule.
 
-        ``marginal``: ``log sum_i p(z = i) f(x, i)``; ``soft`` and ``prior-mean``: ``log f`` at the
-        expected region ``sum_i p(z = i) x_i``.
+        ``mixture`` (the objective's ``predicts_mixture``): ``log sum_i p(z = i) f(x, i)``; otherwise
+        ``log f`` at the expected region ``sum_i p(z = i) x_i`` (soft attention; the relaxed model's
+        prior mean).
         """
         prior = self.prior(enc)
-        if predictive == "marginal":
+        if mixture:
             return torch.logsumexp(prior.log_probs.transpose(1, 2) + self.region_log_probs(enc), dim=1)  # (B, A)
-        if predictive in ("soft", "prior-mean"):
-            context = (prior.probs @ enc.regions).squeeze(1)  # (B, D)
-            return self.head.log_probs(self.head.query_part(enc.query) + self.head.context_part(context))
-        raise ValueError(f"unknown predictive rule {predictive!r}")
+        context = (prior.probs @ enc.regions).squeeze(1)  # (B, D)
+        return self.head.log_probs(self.head.query_part(enc.query) + self.head.context_part(context))
