@@ -32,6 +32,7 @@ def register(sub) -> None:
     from varattn.latent import mode_names
 
     vqa = sub.add_parser("vqa", help="visual question answering with a latent image region")
+    vqa.set_defaults(func=run)  # run() hands over to the nested subcommand's vqa_func
     cmds = vqa.add_subparsers(dest="vqa_command", required=True)
 
     p = cmds.add_parser("train", help="train (default: easy-VQA, which the easy-vqa package ships)")
