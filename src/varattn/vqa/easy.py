@@ -59,7 +59,8 @@ def _decode(paths: dict[int, str], ids: list[int]) -> np.ndarray:
     from tqdm import tqdm
 
     out = np.zeros((len(ids), 64, 64, 3), dtype=np.uint8)
-    for row, key in enumerate(tqdm(ids, desc="decoding easy-VQA images", leave=False, disable=len(ids) < 500)):
+    quiet = True if len(ids) < 500 else None  # None: tqdm stays quiet when stderr is not a terminal
+    for row, key in enumerate(tqdm(ids, desc="decoding easy-VQA images", leave=False, disable=quiet)):
         with Image.open(paths[key]) as im:
             out[row] = np.asarray(im.convert("RGB").resize((64, 64)))
     return out

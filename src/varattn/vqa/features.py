@@ -145,7 +145,7 @@ class TSVFeatures(FeatureStore):
         self.dim = 0
         size = path.stat().st_size
         with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"indexing {path.name}",
-                                         leave=False, disable=size < (64 << 20)) as bar:
+                                         leave=False, disable=True if size < (64 << 20) else None) as bar:
             offset, line_no = 0, 0
             for line in f:
                 line_no += 1
