@@ -660,3 +660,18 @@ def unflatten_state(tensors: Mapping[str, torch.Tensor], skeleton: Any) -> Any:
         raise bad(f"unknown node type {kind!r}")
 
     return build(skeleton.get("root"))
+
+
+def load_weights(model: torch.nn.Module, directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load the checkpoint in ``directory`` into ``model``; return its ``meta``.
+
+    The tensors must match the model's parameters and buffers (tensors of parts the model was
+    built without, such as an inference network it does not use, are allowed to be absent);
+    anything else is a one-line :class:`VarattnError` saying the checkpoint does not fit its run.
+    """
+    tensors, meta = load_checkpoint(directory)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise VarattnError(f"checkpoint {directory} does not match its run.json "
+                           f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    return meta

@@ -21,15 +21,13 @@ from varattn.latent import mode_names, mode_options, objective_class
 from varattn.nmt.model import ModelConfig
 from varattn.training.config import (
     TrainingConfig,
-    apply_override,
     build,
     check_options,
+    config_data,
     non_negative,
     one_of,
     positive,
     probability_below_one,
-    read_config_file,
-    resolve_config_path,
     spec,
 )
 
@@ -129,10 +127,4 @@ class TrainConfig(TrainingConfig):
 
 def load_config(name: str, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> TrainConfig:
     """Read a config file, then apply ``overrides`` (flag values) and ``sets`` (``key=value``)."""
-    data = read_config_file(resolve_config_path(name, CONFIG_DIR))
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            data[key] = value
-    for assignment in sets or []:
-        apply_override(data, assignment)
-    return TrainConfig.from_dict(data)
+    return TrainConfig.from_dict(config_data(name, CONFIG_DIR, overrides, sets))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from varattn.checkpoint import load_checkpoint, load_json
+from varattn.checkpoint import load_json, load_weights
 from varattn.device import resolve_device
 from varattn.errors import VarattnError
 from varattn.latent import Objective, make_objective
@@ -168,11 +168,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | None = "aut
     model_cfg = ModelConfig.from_dict(info["model"])
     objective = make_objective(cfg.mode, **cfg.objective)
     model = LatentAlignmentNMT(model_cfg, with_inference=objective.uses_posterior)
-    tensors, meta = load_checkpoint(run_dir / which)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise VarattnError(f"checkpoint {run_dir / which} does not match its run.json "
-                           f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    meta = load_weights(model, run_dir / which)
     model.to(target).eval()
     seg = info["segmentation"]
     return TrainedModel(

@@ -247,6 +247,19 @@ def read_config_file(path: Path) -> dict:
     return data
 
 
+def config_data(name: str, shipped_dir: Path, overrides: dict[str, Any] | None = None,
+                sets: list[str] | None = None) -> dict:
+    """A config file's mapping (a path, or a name shipped in ``shipped_dir``) with ``overrides``
+    (flag values; ``None`` means "not given") and then ``sets`` (``key=value`` strings) applied."""
+    data = read_config_file(resolve_config_path(name, shipped_dir))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    for assignment in sets or []:
+        apply_override(data, assignment)
+    return data
+
+
 def apply_override(d: dict, assignment: str) -> None:
     """Apply ``key=value`` or ``section.key=value`` (value parsed as YAML) to ``d``."""
     if "=" not in assignment:

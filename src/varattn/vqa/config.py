@@ -16,15 +16,13 @@ from varattn.errors import VarattnError
 from varattn.latent import objective_class
 from varattn.training.config import (
     TrainingConfig,
-    apply_override,
     build,
     check_options,
+    config_data,
     non_negative,
     one_of,
     positive,
     probability_below_one,
-    read_config_file,
-    resolve_config_path,
     spec,
 )
 from varattn.vqa.model import REGION_ENCODERS, VQAModelConfig
@@ -149,10 +147,4 @@ OBJECTIVE_RULES = {"num_samples": positive, "eval_samples": positive, "warmup_st
 
 def load_config(name: str, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> VQAConfig:
     """Read a config file (a path or a shipped name), then apply ``overrides`` (flags) and ``sets`` (``key=value``)."""
-    data = read_config_file(resolve_config_path(name, CONFIG_DIR))
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            data[key] = value
-    for assignment in sets or []:
-        apply_override(data, assignment)
-    return VQAConfig.from_dict(data)
+    return VQAConfig.from_dict(config_data(name, CONFIG_DIR, overrides, sets))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varattn.checkpoint import load_checkpoint, load_json
+from varattn.checkpoint import load_json, load_weights
 from varattn.device import resolve_device
 from varattn.errors import VarattnError
 from varattn.extras import optional_import
@@ -207,11 +207,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | None = "aut
     model_cfg = VQAModelConfig.from_dict(info["model"])
     objective = make_objective(cfg.mode, **cfg.objective)
     model = VQAModel(model_cfg, with_inference=objective.uses_posterior)
-    tensors, meta = load_checkpoint(run_dir / which)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise VarattnError(f"checkpoint {run_dir / which} does not match its run.json "
-                           f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    meta = load_weights(model, run_dir / which)
     model.to(target).eval()
     return TrainedVQA(run_dir, cfg, model, objective, Vocab.load(run_dir / WORDS_FILE, WORD_SPECIALS),
                       Vocab.load(run_dir / ANSWERS_FILE), meta)
