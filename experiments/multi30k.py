@@ -44,6 +44,9 @@ RESULTS = ROOT / "experiments" / "results" / "multi30k"
 REPORT = ROOT / "docs" / "results.md"
 IMG = ROOT / "docs" / "img"
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import cpu_name  # noqa: E402  benchmarks/machine.py: one reader of the CPU name
+
 #: the order modes are trained in: the cheap, most informative first; var-relaxed last
 MODES = ["soft", "var-sample", "hard-sample", "var-enum", "marginal", "hard-enum", "var-gumbel", "rws", "var-relaxed"]
 SPLITS = ["train", "val", "test_2016_flickr", "test_2017_flickr"]
@@ -290,16 +293,6 @@ def alignments(run_dir: Path, prefix: Path, threads: int) -> list[dict]:
             out[k]["src_tokens"], out[k]["tgt_tokens"] = rec["src_tokens"], rec["tgt_tokens"]
             out[k][method] = [[round(v, 3) for v in row] for row in rec["matrix"]]
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summarize_training(run_dir: Path) -> dict:

@@ -120,10 +120,6 @@ class TrainConfig(TrainingConfig):
         d["model"] = {k: v for k, v in d["model"].items() if k not in _FROM_DATA}
         return d
 
-    def validate(self) -> TrainConfig:
-        """Check every key again (after attributes were set in code); returns self."""
-        return type(self).from_dict(self.to_dict())
-
 
 def load_config(name: str, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> TrainConfig:
     """Read a config file, then apply ``overrides`` (flag values) and ``sets`` (``key=value``)."""

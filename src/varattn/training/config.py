@@ -103,6 +103,10 @@ class TrainingConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self):
+        """Check every key again (after attributes were set in code); returns the checked copy."""
+        return type(self).from_dict(self.to_dict())
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]):
         """Build and check a config from a mapping (unknown keys, bad types and ranges: VarattnError)."""

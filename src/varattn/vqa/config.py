@@ -136,10 +136,6 @@ class VQAConfig(TrainingConfig):
         d["model"] = {k: v for k, v in d["model"].items() if k not in _FROM_DATA}
         return d
 
-    def validate(self) -> VQAConfig:
-        """Check every key again (after attributes were set in code); returns self's checked copy."""
-        return type(self).from_dict(self.to_dict())
-
 
 OBJECTIVE_RULES = {"num_samples": positive, "eval_samples": positive, "warmup_steps": non_negative,
                    "temperature": positive}
