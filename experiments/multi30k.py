@@ -342,10 +342,11 @@ def finish_mode(mode: str, data: Path, work: Path, threads: int) -> Path:
 
 
 # -- the report ------------------------------------------------------------------------------------
-def load_results() -> dict[str, dict]:
+def load_results(results_dir: Path | None = None) -> dict[str, dict]:
+    """The per-mode JSON files of ``results_dir`` (default: the study's), in ``MODES`` order."""
     out = {}
     for mode in MODES:
-        path = RESULTS / f"{mode}.json"
+        path = (results_dir or RESULTS) / f"{mode}.json"
         if path.exists():
             out[mode] = json.loads(path.read_text(encoding="utf-8"))
     return out
@@ -354,7 +355,9 @@ def load_results() -> dict[str, dict]:
 def write_report() -> Path:
     from report_multi30k import build_report  # experiments/report_multi30k.py
 
-    text = build_report(load_results(), MODES, IMG, REPORT.parent)
+    results = ROOT / "experiments" / "results"
+    text = build_report(load_results(), MODES, IMG, REPORT.parent, longer=load_results(results / "multi30k-5epochs"),
+                        iwslt=load_results(results / "iwslt-valid"))
     REPORT.write_text(text, encoding="utf-8")
     log(f"wrote {REPORT}")
     return REPORT

@@ -1,0 +1,166 @@
+"""The study's second real-data check (issue 14, part 4): soft attention against the best variational mode on IWSLT'14.
+
+    python experiments/iwslt_valid.py --data ../shared/data/iwslt14-de-en-valid-test
+    python experiments/iwslt_valid.py --data ... --modes soft var-sample      # choose the modes yourself
+
+Only the IWSLT'14 valid and test splits are on this machine (the authors' files, BPE with 14,000 joint
+merges, lowercased). So both models train on the valid split, less its last ``DEV_PAIRS`` pairs, which
+are held out for validation (learning-rate schedule, best checkpoint); the test split (6,750 pairs)
+is used once, for the figures. Configuration: the Multi30k study's (``experiments/multi30k.yaml``);
+budget: ``EPOCHS`` epochs for both, about as many updates as the Multi30k study's budget.
+
+The variational mode, unless ``--modes`` names it, is the best one of the Multi30k study by validation
+perplexity (exact, or importance-sampled where it cannot be exact), among the modes with an inference
+network: a choice made on validation data only. Results: one JSON file per mode in
+``experiments/results/iwslt-valid/`` (committed); ``experiments/multi30k.py --report`` puts them in
+docs/results.md. Resumable like the Multi30k study: a mode with a JSON file is skipped, an interrupted
+training continues from its ``resume/`` checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import multi30k as study  # noqa: E402  the Multi30k driver: subprocess helpers, training summary, model info
+
+ROOT = study.ROOT
+RESULTS = ROOT / "experiments" / "results" / "iwslt-valid"
+DEV_PAIRS = 500
+EPOCHS = 13  # 13 epochs of about 212 batches: 2,756 updates, about the Multi30k study's 2,718
+BEAM = 5
+#: the modes with an inference network q(z | x, y), the candidates for "the best variational mode"
+VARIATIONAL = ["var-enum", "var-sample", "var-gumbel", "rws", "var-relaxed"]
+
+
+def prepare(data: Path, work: Path) -> Path:
+    """``train`` (valid minus its last DEV_PAIRS pairs), ``dev`` (those pairs) and ``test`` prefixes."""
+    out = work / "data"
+    if (out / "DONE").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for lang in ("de", "en"):
+        valid = (data / f"valid.{lang}.bpe").read_text(encoding="utf-8").splitlines(keepends=True)
+        (out / f"train.{lang}").write_text("".join(valid[:-DEV_PAIRS]), encoding="utf-8")
+        (out / f"dev.{lang}").write_text("".join(valid[-DEV_PAIRS:]), encoding="utf-8")
+        (out / f"test.{lang}").write_text((data / f"test.{lang}.bpe").read_text(encoding="utf-8"), encoding="utf-8")
+    (out / "DONE").write_text("ok\n")
+    return out
+
+
+def best_variational(results_dir: Path) -> str:
+    """The variational mode of the Multi30k study with the lowest validation perplexity at its best checkpoint."""
+    found = {}
+    for mode in VARIATIONAL:
+        path = results_dir / f"{mode}.json"
+        if path.exists():
+            found[mode] = json.loads(path.read_text(encoding="utf-8"))["best"]["valid_ppl"]
+    if not found:
+        raise SystemExit(f"no variational mode has finished in {results_dir}: run the Multi30k study or give --modes")
+    return min(found, key=found.get)
+
+
+def train(mode: str, data_dir: Path, work: Path, threads: int) -> Path:
+    run_dir = work / "runs" / mode
+    if (run_dir / "run.json").exists() and ((run_dir / "resume").exists() or (run_dir / "resume.bak").exists()):
+        cmd = study.varattn("train", "--resume", str(run_dir), "--epochs", str(EPOCHS), "--threads", str(threads),
+                            "--no-progress")
+    else:
+        cmd = study.varattn("train", "--config", str(study.CONFIG), "--mode", mode, "--train", str(data_dir / "train"),
+                            "--valid", str(data_dir / "dev"), "--src-lang", "de", "--tgt-lang", "en",
+                            "--epochs", str(EPOCHS), "--threads", str(threads), "--out", str(run_dir),
+                            "--no-progress", "--no-tensorboard")
+    start = time.monotonic()
+    proc = study.run(cmd, threads)
+    wall = time.monotonic() - start
+    with open(run_dir / study.SEGMENTS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": None, "wall_s": wall, "epochs": EPOCHS}) + "\n")
+    study.log(f"{mode}: {proc.stdout.strip().splitlines()[-1]} ({wall:.0f} s)")
+    return run_dir
+
+
+def evaluate(mode: str, data: Path, data_dir: Path, run_dir: Path, threads: int) -> dict:
+    info = study.model_info(run_dir, threads)
+    seed = ["--seed", "1"] if info["sampled"] else []
+    prefix = data_dir / "test"
+    start = time.monotonic()
+    ev = json.loads(study.run(study.varattn("evaluate", str(run_dir), "--prefix", str(prefix), *seed, "--json",
+                                            "--device", "cpu"), threads).stdout)
+    eval_s = time.monotonic() - start
+    hyp = run_dir / f"test.beam{BEAM}.en"
+    start = time.monotonic()
+    study.run(study.varattn("translate", str(run_dir), "--input", str(prefix) + ".de", "--output", str(hyp),
+                            "--beam", str(BEAM), "--device", "cpu"), threads)
+    decode_s = time.monotonic() - start
+    bleu = json.loads(study.run(study.varattn("bleu", "--ref", str(data / "test.en"), "--hyp", str(hyp), "--json"),
+                                threads).stdout)
+    study.log(f"{mode} test: ppl {ev['ppl']:.3f}, BLEU {bleu.get('tok_bleu')}")
+    return {"evaluate": ev, "bleu": bleu, "evaluate_s": round(eval_s, 1), "decode_s": round(decode_s, 1)}
+
+
+def best_validation(run_dir: Path) -> dict:
+    valid = [r for r in study.read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "valid"]
+    best = min(valid, key=study.valid_metric)
+    return {"step": best["step"], "epoch": best.get("epoch"), "valid_ppl": best["ppl"],
+            "valid_elbo_ppl": best.get("elbo_ppl"), "validations": len(valid)}
+
+
+def finish(mode: str, data: Path, work: Path, threads: int, chosen_by: str) -> Path:
+    data_dir = prepare(data, work)
+    run_dir = train(mode, data_dir, work, threads)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], stdout=subprocess.PIPE, text=True).stdout
+    result = {
+        "mode": mode,
+        "chosen_by": chosen_by,
+        "study": {"epochs": EPOCHS, "dev_pairs": DEV_PAIRS, "beam": BEAM, "config": "experiments/multi30k.yaml"},
+        "best": best_validation(run_dir),
+        **study.summarize_training(run_dir),
+        "test": evaluate(mode, data, data_dir, run_dir, threads),
+        "machine": {"threads": threads, "cpu": study.cpu_name(), "cores": os.cpu_count(),
+                    "python": platform.python_version()},
+        "commit": commit.strip(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{mode}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    global RESULTS, EPOCHS
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="the IWSLT'14 valid/test directory (*.de.bpe, *.en.bpe)")
+    p.add_argument("--work", type=Path, default=Path("runs/iwslt-valid"), help="run directories and split data")
+    p.add_argument("--modes", nargs="+", help="default: soft and the Multi30k study's best variational mode")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of every training/evaluation process")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where the per-mode JSON files go")
+    p.add_argument("--multi30k-results", type=Path, default=study.RESULTS, help="where the study's JSON files are")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="the budget in epochs (smoke tests)")
+    args = p.parse_args(argv)
+    RESULTS, EPOCHS = args.results.resolve(), args.epochs
+    if args.modes:
+        plan = [(mode, "given on the command line") for mode in args.modes]
+    else:
+        best = best_variational(args.multi30k_results)
+        plan = [("soft", "the baseline"), (best, "best Multi30k validation perplexity")]
+    for mode, why in plan:
+        if (RESULTS / f"{mode}.json").exists():
+            study.log(f"{mode}: results exist, skipped")
+            continue
+        study.log(f"{mode}: {why}")
+        study.log(f"{mode}: wrote {finish(mode, args.data.resolve(), args.work.resolve(), args.threads, why)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
