@@ -137,7 +137,7 @@ def finish(mode: str, data: Path, work: Path, threads: int, chosen_by: str) -> P
 
 
 def main(argv: list[str] | None = None) -> int:
-    global RESULTS, EPOCHS
+    global RESULTS, EPOCHS, DEV_PAIRS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="the IWSLT'14 valid/test directory (*.de.bpe, *.en.bpe)")
     p.add_argument("--work", type=Path, default=Path("runs/iwslt-valid"), help="run directories and split data")
@@ -146,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS, help="where the per-mode JSON files go")
     p.add_argument("--multi30k-results", type=Path, default=study.RESULTS, help="where the study's JSON files are")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="the budget in epochs (smoke tests)")
+    p.add_argument("--dev-pairs", type=int, default=DEV_PAIRS, help="pairs held out of valid (smoke tests)")
     args = p.parse_args(argv)
-    RESULTS, EPOCHS = args.results.resolve(), args.epochs
+    RESULTS, EPOCHS, DEV_PAIRS = args.results.resolve(), args.epochs, args.dev_pairs
     if args.modes:
         plan = [(mode, "given on the command line") for mode in args.modes]
     else:

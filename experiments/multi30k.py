@@ -352,15 +352,17 @@ def load_results(results_dir: Path | None = None) -> dict[str, dict]:
     return out
 
 
-def write_report() -> Path:
+def write_report(docs: Path = REPORT.parent) -> Path:
+    """``docs/results.md`` and its figures (``docs/img``) from the committed results."""
     from report_multi30k import build_report  # experiments/report_multi30k.py
 
     results = ROOT / "experiments" / "results"
-    text = build_report(load_results(), MODES, IMG, REPORT.parent, longer=load_results(results / "multi30k-5epochs"),
+    report = docs / REPORT.name
+    text = build_report(load_results(), MODES, docs / IMG.name, docs, longer=load_results(results / "multi30k-5epochs"),
                         iwslt=load_results(results / "iwslt-valid"))
-    REPORT.write_text(text, encoding="utf-8")
-    log(f"wrote {REPORT}")
-    return REPORT
+    report.write_text(text, encoding="utf-8")
+    log(f"wrote {report}")
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads of every training/evaluation process")
     p.add_argument("--report", action="store_true", help="only rebuild docs/results.md from the committed JSON files")
     p.add_argument("--no-report", action="store_true", help="do not rebuild docs/results.md after each mode")
+    p.add_argument("--docs", type=Path, default=REPORT.parent, help="where results.md and img/ go (default docs/)")
     p.add_argument("--results", type=Path, default=RESULTS, help="where the per-mode JSON files go")
     p.add_argument("--segment-steps", type=int, default=SEGMENT_STEPS, help="updates between validations (smoke tests)")
     p.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help="the budget in epochs (smoke tests)")
@@ -380,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     RESULTS, SEGMENT_STEPS, MAX_EPOCHS = args.results.resolve(), args.segment_steps, args.max_epochs
     if args.report:
-        write_report()
+        write_report(args.docs.resolve())
         return 0
     if args.data is None:
         p.error("--data is needed to train (or give --report)")
@@ -403,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{mode}: wrote {path} ({(time.monotonic() - t0) / 60:.1f} min)")
         if not args.no_report:
             try:
-                write_report()
+                write_report(args.docs.resolve())
             except Exception as exc:  # the report must never stop the study
                 log(f"report failed: {exc!r}")
     return 0

@@ -1,0 +1,104 @@
+"""The study drivers end to end on a made-up corpus in the real layouts: ``experiments/multi30k.py``
+(train in segments, resume, evaluate, the relaxed model's extras, the report) and
+``experiments/iwslt_valid.py`` (split, train, score). Small budgets; the real study is not run here."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GERMAN = ["ein", "hund", "mann", "frau", "kind", "läuft", "spielt", "sitzt", "auf", "im", "rot", "gras", "ball",
+          "wasser", "die", "straße", "mit", "einem", "großen", "kleinen"]
+ENGLISH = ["a", "dog", "man", "woman", "child", "runs", "plays", "sits", "on", "in", "red", "grass", "ball",
+           "water", "the", "street", "with", "one", "big", "small"]
+
+
+def sentences(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """``n`` German sentences of 4-9 words and their word-for-word English."""
+    rng = random.Random(seed)
+    de, en = [], []
+    for _ in range(n):
+        idx = [rng.randrange(len(GERMAN)) for _ in range(rng.randint(4, 9))]
+        de.append(" ".join(GERMAN[i] for i in idx))
+        en.append(" ".join(ENGLISH[i] for i in idx))
+    return de, en
+
+
+def write(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def run_script(*argv) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *[str(a) for a in argv]], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_multi30k_study_trains_evaluates_resumes_and_reports(tmp_path):
+    tok = tmp_path / "multi30k" / "task1" / "tok"
+    for split, n in (("train", 64), ("val", 12), ("test_2016_flickr", 48), ("test_2017_flickr", 20)):
+        de, en = sentences(n, seed=len(split) + n)
+        write(tok / f"{split}.lc.norm.tok.de", de)
+        write(tok / f"{split}.lc.norm.tok.en", en)
+    args = ["experiments/multi30k.py", "--data", tmp_path / "multi30k", "--work", tmp_path / "work", "--results",
+            tmp_path / "results", "--docs", tmp_path / "docs", "--modes", "var-relaxed", "--segment-steps", 2,
+            "--max-epochs", 1]
+    out = run_script(*args).stdout
+    assert "FAILED" not in out, out
+    result = json.loads((tmp_path / "results" / "var-relaxed.json").read_text(encoding="utf-8"))
+
+    # trained in two segments (the second one resumed), to the budget
+    assert [p["step"] for p in result["curve"]] == [2, 4]
+    assert result["stopped"] == "budget: 1 epochs"
+    assert result["curve"][1]["wall_s"] > result["curve"][0]["wall_s"] > 0
+    for split in ("test_2016_flickr", "test_2017_flickr"):
+        test = result["tests"][split]
+        assert math.isfinite(test["evaluate"]["ppl"]) and test["evaluate"]["ppl"] > 1
+        assert test["evaluate"]["sentences"] == (48 if split == "test_2016_flickr" else 20)
+        assert 0 <= test["bleu"]["tok_bleu"] <= 100
+        assert test["bleu_sampled"]["alignments_per_step"] == 10  # the relaxed model's sampled prediction
+    runs = result["tests"]["test_2016_flickr"]["estimator"]["runs"]
+    n = result["tests"]["test_2016_flickr"]["estimator"]["default_samples"]
+    assert [(r["samples"], r["seed"]) for r in runs] == [(n, 1), (n, 2), (n, 3), (2 * n, 1)]
+    assert len({r["ppl"] for r in runs}) > 1  # a sampled estimate: seeds and sample counts move it
+    # prior and posterior of the heatmap pairs: one distribution over source pieces per target piece
+    for pair in result["alignments"]:
+        for method in ("prior", "posterior"):
+            matrix = pair[method]
+            assert len(matrix) == len(pair["tgt_tokens"]) and len(matrix[0]) == len(pair["src_tokens"])
+            assert all(abs(sum(row) - 1) < 0.01 for row in matrix)
+    report = (tmp_path / "docs" / "results.md").read_text(encoding="utf-8")
+    assert "| var-relaxed |" in report and (tmp_path / "docs" / "img" / "multi30k_curves.png").exists()
+
+    # finished modes are not run again
+    metrics = (tmp_path / "work" / "runs" / "var-relaxed" / "metrics.jsonl").read_text(encoding="utf-8")
+    assert "var-relaxed: results exist, skipped" in run_script(*args).stdout
+    assert (tmp_path / "work" / "runs" / "var-relaxed" / "metrics.jsonl").read_text(encoding="utf-8") == metrics
+
+
+@pytest.mark.slow
+def test_iwslt_valid_check_splits_trains_and_scores(tmp_path):
+    data = tmp_path / "iwslt"
+    for split, n in (("valid", 60), ("test", 15)):
+        de, en = sentences(n, seed=n)
+        write(data / f"{split}.de.bpe", de)
+        write(data / f"{split}.en.bpe", en)
+        write(data / f"{split}.en", en)
+    run_script("experiments/iwslt_valid.py", "--data", data, "--work", tmp_path / "work", "--results",
+               tmp_path / "results", "--modes", "soft", "--epochs", 2, "--dev-pairs", 10)
+    split = tmp_path / "work" / "data"
+    assert len((split / "train.de").read_text(encoding="utf-8").splitlines()) == 50
+    assert (split / "dev.en").read_text(encoding="utf-8").splitlines() == sentences(60, seed=60)[1][50:]
+    result = json.loads((tmp_path / "results" / "soft.json").read_text(encoding="utf-8"))
+    assert result["study"]["epochs"] == 2 and result["best"]["validations"] == 2
+    assert result["test"]["evaluate"]["sentences"] == 15 and math.isfinite(result["test"]["evaluate"]["ppl"])
+    assert 0 <= result["test"]["bleu"]["tok_bleu"] <= 100
