@@ -102,3 +102,21 @@ def test_iwslt_valid_check_splits_trains_and_scores(tmp_path):
     assert result["study"]["epochs"] == 2 and result["best"]["validations"] == 2
     assert result["test"]["evaluate"]["sentences"] == 15 and math.isfinite(result["test"]["evaluate"]["ppl"])
     assert 0 <= result["test"]["bleu"]["tok_bleu"] <= 100
+
+
+def test_iwslt_check_takes_the_best_variational_mode_that_fits_the_machine(tmp_path):
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import iwslt_valid
+
+    def result(mode, valid_ppl, tokens_per_s):
+        write(tmp_path / f"{mode}.json", [json.dumps({"best": {"valid_ppl": valid_ppl},
+                                                       "tokens_per_s_median": tokens_per_s})])
+
+    result("soft", 9.0, 4000.0)
+    result("var-enum", 10.0, 500.0)  # the best, 8 times slower than soft
+    result("rws", 11.0, 900.0)  # 4.4 times slower
+    result("var-sample", 12.0, 3000.0)
+    mode, why = iwslt_valid.best_variational(tmp_path)
+    assert mode == "var-sample" and "var-enum (10.00)" in why and "8 times slower" in why
+    result("var-enum", 10.0, 1000.0)  # now 4 times slower: within the limit
+    assert iwslt_valid.best_variational(tmp_path) == ("var-enum", "best Multi30k validation perplexity (10.00)")
