@@ -242,9 +242,11 @@ def setup_lines(results: dict) -> list[str]:
         f"(K = {study['topk']}), beam-{study['beam']} BLEU (Wu length penalty alpha 1, no `eos_norm`) against the "
         "tokenised lowercased references (`tok`, like multi-bleu.perl -lc) and detokenised sacreBLEU, prior and "
         "posterior alignment entropy in nats per target token.",
-        f"- Machine: {r['machine'].get('cpu')}, {r['machine']['cores']} cores; the modes ran as two study "
-        "processes side by side, one torch thread each, on an otherwise idle machine, so a mode's time and "
-        "tokens/s are those of one core while the other core trains another mode.",
+        f"- Machine: {r['machine'].get('cpu')}, {r['machine']['cores']} cores. The modes ran as two to four "
+        "processes side by side, one torch thread each (two study lanes, at times also the IWSLT check, a "
+        "third lane or a test run), so a mode's time and tokens/s are those of a core shared with up to one "
+        "other process: good to a factor of about 1.5, enough for the order-of-magnitude differences between "
+        "modes, not for small ones.",
         *budget_lines(results, study),
     ]
 
@@ -378,7 +380,7 @@ def build_report(results: dict, modes: list[str], img_dir: Path, docs_dir: Path,
         "",
         "Why equal epochs and not equal wall-clock: the paper trains every model with the same recipe (30 epochs, "
         "best validation checkpoint), so its Table 1 compares objectives at a comparable number of updates, not "
-        "at equal compute. Under an equal wall-clock budget the enumerating modes (about 7-10 times the cost of "
+        "at equal compute. Under an equal wall-clock budget the enumerating modes (about ten times the cost of "
         "`soft` per token here) would see a tenth of the data and the table would measure their speed, which "
         "the learning curves below show separately. Early stopping saves time on modes that have converged and "
         "is the same rule for all.",

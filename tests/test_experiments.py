@@ -114,9 +114,9 @@ def test_iwslt_check_takes_the_best_variational_mode_that_fits_the_machine(tmp_p
 
     result("soft", 9.0, 4000.0)
     result("var-enum", 10.0, 500.0)  # the best, 8 times slower than soft
-    result("rws", 11.0, 900.0)  # 4.4 times slower
+    result("rws", 11.0, 1900.0)  # 2.1 times slower
     result("var-sample", 12.0, 3000.0)
     mode, why = iwslt_valid.best_variational(tmp_path)
     assert mode == "var-sample" and "var-enum (10.00)" in why and "8 times slower" in why
-    result("var-enum", 10.0, 1000.0)  # now 4 times slower: within the limit
+    result("var-enum", 10.0, 2000.0)  # now twice as slow: within the limit
     assert iwslt_valid.best_variational(tmp_path) == ("var-enum", "best Multi30k validation perplexity (10.00)")
