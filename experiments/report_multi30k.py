@@ -264,6 +264,11 @@ def budget_lines(results: dict, study: dict) -> list[str]:
              "hours while the other core trains the six cheaper modes. Every model is under-trained at this budget "
              "(the learning curves are still falling); the five-epoch runs below show how far three of them "
              "moved in two more epochs.")
+    train_s = sum(r.get("train_wall_s") or 0 for r in results.values())
+    eval_s = sum(t.get("evaluate_s", 0) + t.get("decode_s", 0) for r in results.values() for t in r["tests"].values())
+    line += (f" Measured: the {len(results)} finished modes took {train_s / 3600:.1f} core-hours of training "
+             f"(validation included) and {eval_s / 3600:.1f} of test evaluation and decoding, "
+             f"{(train_s + eval_s) / 7200:.1f} hours on two cores.")
     return [line]
 
 
