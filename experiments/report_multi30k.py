@@ -244,8 +244,8 @@ def setup_lines(results: dict) -> list[str]:
         "posterior alignment entropy in nats per target token.",
         f"- Machine: {r['machine'].get('cpu')}, {r['machine']['cores']} cores. The modes ran as two to four "
         "processes side by side, one torch thread each (two study lanes, at times also the IWSLT check, a "
-        "third lane or a test run), so a mode's time and tokens/s are those of a core shared with up to one "
-        "other process: good to a factor of about 1.5, enough for the order-of-magnitude differences between "
+        "third lane or a test run), so a mode's time and tokens/s are those of between half a core and a "
+        "whole one: good to a factor of about 2, enough for the order-of-magnitude differences between "
         "modes, not for small ones.",
         *budget_lines(results, study),
     ]
@@ -260,8 +260,9 @@ def budget_lines(results: dict, study: dict) -> list[str]:
     if "soft" in rates and "var-enum" in rates:
         line += (f" (measured here: `soft` {rates['soft']:,.0f} and `var-enum` {rates['var-enum']:,.0f} target "
                  f"tokens/s, {rates['soft'] / rates['var-enum']:.1f} times slower)")
-    line += (f", so {study['max_epochs']} epochs of the three enumerating modes alone fill one core for about two "
-             "hours while the other core trains the six cheaper modes. Every model is under-trained at this budget "
+    line += (f", so {study['max_epochs']} epochs of each enumerating mode fill one core for about an hour, and "
+             "the three of them with the six cheaper modes come to about the issue's 2.5 hours on two cores. Every "
+             "model is under-trained at this budget "
              "(the learning curves are still falling); the five-epoch runs below show how far three of them "
              "moved in two more epochs.")
     train_s = sum(r.get("train_wall_s") or 0 for r in results.values())
