@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +33,6 @@ ROOT = study.ROOT
 RESULTS = ROOT / "experiments" / "results" / "iwslt-valid"
 DEV_PAIRS = 500
 EPOCHS = 13  # 13 epochs of 196 batches (pairs over 50 pieces dropped): 2,548 updates, near the study's 2,718
-BEAM = 5
 #: the modes with an inference network q(z | x, y), the candidates for "the best variational mode"
 VARIATIONAL = ["var-enum", "var-sample", "var-gumbel", "rws", "var-relaxed"]
 #: at most this many times slower per token than soft on Multi30k: variational attention at nearly soft
@@ -100,22 +96,11 @@ def train(mode: str, data_dir: Path, work: Path, threads: int) -> Path:
 
 
 def evaluate(mode: str, data: Path, data_dir: Path, run_dir: Path, threads: int) -> dict:
-    info = study.model_info(run_dir, threads)
-    seed = ["--seed", "1"] if info["sampled"] else []
-    prefix = data_dir / "test"
-    start = time.monotonic()
-    ev = json.loads(study.run(study.varattn("evaluate", str(run_dir), "--prefix", str(prefix), *seed, "--json",
-                                            "--device", "cpu"), threads).stdout)
-    eval_s = time.monotonic() - start
-    hyp = run_dir / f"test.beam{BEAM}.en"
-    start = time.monotonic()
-    study.run(study.varattn("translate", str(run_dir), "--input", str(prefix) + ".de", "--output", str(hyp),
-                            "--beam", str(BEAM), "--device", "cpu"), threads)
-    decode_s = time.monotonic() - start
-    bleu = json.loads(study.run(study.varattn("bleu", "--ref", str(data / "test.en"), "--hyp", str(hyp), "--json"),
-                                threads).stdout)
-    study.log(f"{mode} test: ppl {ev['ppl']:.3f}, BLEU {bleu.get('tok_bleu')}")
-    return {"evaluate": ev, "bleu": bleu, "evaluate_s": round(eval_s, 1), "decode_s": round(decode_s, 1)}
+    seed = ["--seed", "1"] if study.model_info(run_dir, threads)["sampled"] else []
+    result = study.score(run_dir, data_dir / "test", data / "test.en", run_dir / f"test.beam{study.BEAM}.en", seed,
+                         threads)
+    study.log(f"{mode} test: ppl {result['evaluate']['ppl']:.3f}, BLEU {result['bleu'].get('tok_bleu')}")
+    return result
 
 
 def best_validation(run_dir: Path) -> dict:
@@ -128,25 +113,16 @@ def best_validation(run_dir: Path) -> dict:
 def finish(mode: str, data: Path, work: Path, threads: int, chosen_by: str) -> Path:
     data_dir = prepare(data, work)
     run_dir = train(mode, data_dir, work, threads)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], stdout=subprocess.PIPE, text=True).stdout
     result = {
         "mode": mode,
         "chosen_by": chosen_by,
-        "study": {"epochs": EPOCHS, "dev_pairs": DEV_PAIRS, "beam": BEAM, "config": "experiments/multi30k.yaml"},
+        "study": {"epochs": EPOCHS, "dev_pairs": DEV_PAIRS, "beam": study.BEAM, "config": "experiments/multi30k.yaml"},
         "best": best_validation(run_dir),
         **study.summarize_training(run_dir),
         "test": evaluate(mode, data, data_dir, run_dir, threads),
-        "machine": {"threads": threads, "cpu": study.cpu_name(), "cores": os.cpu_count(),
-                    "python": platform.python_version()},
-        "commit": commit.strip(),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **study.provenance(threads),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{mode}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return study.write_result(RESULTS, mode, result)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -215,6 +215,21 @@ def model_info(run_dir: Path, threads: int) -> dict:
     return json.loads(run([sys.executable, "-c", code, str(run_dir)], threads).stdout.strip().splitlines()[-1])
 
 
+def score(run_dir: Path, prefix: Path, ref: Path, hyp: Path, evaluate_args: list[str], threads: int) -> dict:
+    """``evaluate`` on ``prefix`` (.de/.en), beam-``BEAM`` translation of its source into ``hyp`` and BLEU
+    against the tokenised reference ``ref``, with the seconds the first two took."""
+    start = time.monotonic()
+    ev = json.loads(run(varattn("evaluate", str(run_dir), "--prefix", str(prefix), *evaluate_args, "--json",
+                                "--device", "cpu"), threads).stdout)
+    eval_s = time.monotonic() - start
+    start = time.monotonic()
+    run(varattn("translate", str(run_dir), "--input", str(prefix) + ".de", "--output", str(hyp),
+                "--beam", str(BEAM), "--device", "cpu"), threads)
+    decode_s = time.monotonic() - start
+    bleu = json.loads(run(varattn("bleu", "--ref", str(ref), "--hyp", str(hyp), "--json"), threads).stdout)
+    return {"evaluate": ev, "bleu": bleu, "evaluate_s": round(eval_s, 1), "decode_s": round(decode_s, 1)}
+
+
 def evaluate_mode(mode: str, data: Path, work: Path, threads: int) -> dict:
     """Test figures of the best checkpoint of ``mode``; runs with this checkout's code."""
     run_dir, data_dir = work / "runs" / mode, work / "data"
@@ -226,21 +241,11 @@ def evaluate_mode(mode: str, data: Path, work: Path, threads: int) -> dict:
     result: dict = {"tests": {}}
     for split in TESTS:
         prefix = data_dir / split
-        start = time.monotonic()
-        ev = json.loads(run(varattn("evaluate", str(run_dir), "--prefix", str(prefix), *kmax, *seed, "--json",
-                                    "--device", "cpu"), threads).stdout)
-        eval_s = time.monotonic() - start
-        hyp = out_dir / f"{split}.beam{BEAM}.en"
-        start = time.monotonic()
-        run(varattn("translate", str(run_dir), "--input", str(prefix) + ".de", "--output", str(hyp),
-                    "--beam", str(BEAM), "--device", "cpu"), threads)
-        decode_s = time.monotonic() - start
-        bleu = json.loads(run(varattn("bleu", "--ref", str(reference(data, split)), "--hyp", str(hyp), "--json"),
-                              threads).stdout)
-        entry = {"evaluate": ev, "bleu": bleu, "evaluate_s": round(eval_s, 1), "decode_s": round(decode_s, 1)}
-        entry.update(relaxed_extras(info, ev, run_dir, prefix, split, data, out_dir, threads))
+        entry = score(run_dir, prefix, reference(data, split), out_dir / f"{split}.beam{BEAM}.en", [*kmax, *seed],
+                      threads)
+        entry.update(relaxed_extras(info, entry["evaluate"], run_dir, prefix, split, data, out_dir, threads))
         result["tests"][split] = entry
-        log(f"{mode} {split}: ppl {ev['ppl']:.3f}, BLEU {bleu.get('tok_bleu')}")
+        log(f"{mode} {split}: ppl {entry['evaluate']['ppl']:.3f}, BLEU {entry['bleu'].get('tok_bleu')}")
     result["alignments"] = alignments(run_dir, data_dir / "test_2016_flickr", threads)
     return result
 
@@ -317,7 +322,6 @@ def finish_mode(mode: str, data: Path, work: Path, threads: int) -> Path:
     evaluation = json.loads(proc.stdout.strip().splitlines()[-1])
     points = curve(run_dir)
     best = min(points, key=valid_metric)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], stdout=subprocess.PIPE, text=True).stdout
     result = {
         "mode": mode,
         "study": {"bpe_merges": BPE_MERGES, "segment_steps": SEGMENT_STEPS, "max_epochs": MAX_EPOCHS,
@@ -328,13 +332,23 @@ def finish_mode(mode: str, data: Path, work: Path, threads: int) -> Path:
         "curve": points,
         **summarize_training(run_dir),
         **evaluation,
-        "machine": {"threads": threads, "cpu": cpu_name(), "cores": os.cpu_count(),
-                    "python": platform.python_version()},
-        "commit": commit.strip(),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **provenance(threads),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{mode}.json"
+    return write_result(RESULTS, mode, result)
+
+
+def provenance(threads: int) -> dict:
+    """Where a result came from: the machine, the checkout's commit, the time it was written."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], stdout=subprocess.PIPE, text=True).stdout
+    return {"machine": {"threads": threads, "cpu": cpu_name(), "cores": os.cpu_count(),
+                        "python": platform.python_version()},
+            "commit": commit.strip(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def write_result(results_dir: Path, mode: str, result: dict) -> Path:
+    """``results_dir/MODE.json``, written atomically."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{mode}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
