@@ -106,7 +106,8 @@ def evaluate(mode: str, data: Path, data_dir: Path, run_dir: Path, threads: int)
 def best_validation(run_dir: Path) -> dict:
     valid = [r for r in study.read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "valid"]
     best = min(valid, key=study.valid_metric)
-    return {"step": best["step"], "epoch": best.get("epoch"), "valid_ppl": best["ppl"],
+    steps_per_epoch = max(r["step"] for r in valid) / len(valid)  # one validation at the end of each epoch
+    return {"step": best["step"], "epoch": round(best["step"] / steps_per_epoch, 2), "valid_ppl": best["ppl"],
             "valid_elbo_ppl": best.get("elbo_ppl"), "validations": len(valid)}
 
 
