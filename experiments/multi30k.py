@@ -36,6 +36,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,9 +54,40 @@ SPLITS = ["train", "val", "test_2016_flickr", "test_2017_flickr"]
 TESTS = ["test_2016_flickr", "test_2017_flickr"]
 TOK_NAME = "{split}.lc.norm.tok.{lang}"
 BPE_MERGES = 4000
-SEGMENT_STEPS = 453  # half an epoch of 29,000 pairs in batches of 32 (906 batches)
-MAX_EPOCHS = 3  # 2,718 updates: what all nine modes fit in on two cores (docs/results.md)
-PATIENCE = 3  # validations (1.5 epochs) without improvement
+SEGMENT_STEPS = 453  # the early study: half an epoch of 29,000 pairs in batches of 32 (906 batches)
+
+
+@dataclass(frozen=True)
+class Study:
+    """One budget of the study: where its results go, how long each mode trains, how many seeds."""
+
+    name: str
+    results: Path
+    #: updates per segment (one ``varattn train`` process ending in a validation); None: one epoch
+    segment_steps: int | None
+    #: the cap, in epochs
+    max_epochs: int
+    #: stop when the best validation is this many segments behind the latest
+    patience: int
+    #: seeds per mode (modes not named: seed 1 only)
+    seeds: dict
+
+    def seeds_of(self, mode: str) -> list[int]:
+        return list(self.seeds.get(mode, [1]))
+
+    def job_name(self, mode: str, seed: int) -> str:
+        """Run directory and result file name of ``mode`` trained with ``seed``."""
+        return mode if self.name == "early" else f"{mode}-s{seed}"
+
+
+STUDIES = {
+    # the paper's recipe: until the validation metric has not improved for two epochs, capped at 20 epochs;
+    # the three cheap modes of the headline comparison with three seeds
+    "converged": Study("converged", ROOT / "experiments" / "results" / "multi30k-converged", None, 20, 2,
+                       {"soft": [1, 2, 3], "var-sample": [1, 2, 3], "hard-sample": [1, 2, 3]}),
+    # issue 14's equal budget of 3 epochs (2,718 updates), validated every half epoch: early learning speed
+    "early": Study("early", RESULTS, SEGMENT_STEPS, 3, 3, {}),
+}
 TOPK = 5
 BEAM = 5
 SAMPLED_ALIGNMENTS = 10  # relaxed model: alignments sampled per decoding step (translate --sample-alignments)
@@ -148,53 +180,63 @@ def curve(run_dir: Path) -> list[dict]:
         rec = valid.get(seg["step"])
         if rec is None:
             continue
-        points.append({"step": seg["step"], "epoch": seg["step"] / seg["steps_per_epoch"], "wall_s": round(elapsed, 1),
+        epoch = seg["epoch"] if "epoch" in seg else seg["step"] / seg["steps_per_epoch"]
+        points.append({"step": seg["step"], "epoch": epoch, "wall_s": round(elapsed, 1),
                        "ppl": rec["ppl"], "elbo_ppl": rec.get("elbo_ppl"), "accuracy": rec.get("accuracy"),
                        "prior_entropy": rec.get("prior_entropy"), "posterior_entropy": rec.get("posterior_entropy"),
                        "lr": rec.get("lr")})
     return points
 
 
-def stop_reason(points: list[dict], max_steps: int) -> str | None:
-    if points and points[-1]["step"] >= max_steps:
-        return f"budget: {MAX_EPOCHS} epochs"
-    if len(points) > PATIENCE:
+def stop_reason(points: list[dict], study: Study) -> str | None:
+    """Why training of a mode is over (None: it goes on): the cap, or no improvement for ``patience`` segments."""
+    unit = "epochs" if study.segment_steps is None else "validations"
+    if points and points[-1]["epoch"] >= study.max_epochs - 1e-9:
+        return f"budget: {study.max_epochs} epochs"
+    if len(points) > study.patience:
         best = min(range(len(points)), key=lambda k: valid_metric(points[k]))
-        if len(points) - 1 - best >= PATIENCE:
-            return f"early stop: no improvement in {PATIENCE} validations"
+        if len(points) - 1 - best >= study.patience:
+            return f"early stop: no improvement in {study.patience} {unit}"
     return None
 
 
-def train_mode(mode: str, data_dir: Path, work: Path, threads: int) -> Path:
-    run_dir = work / "runs" / mode
-    steps_per_epoch = 2 * SEGMENT_STEPS
-    max_steps = MAX_EPOCHS * steps_per_epoch
+def train_mode(mode: str, seed: int, data_dir: Path, work: Path, threads: int, study: Study) -> Path:
+    """Train ``mode`` with ``seed`` segment by segment until :func:`stop_reason` says it is done."""
+    run_dir = work / "runs" / study.job_name(mode, seed)
+    steps_per_epoch = 2 * (study.segment_steps or SEGMENT_STEPS)  # the early study: two segments an epoch
     while True:
         points = curve(run_dir)
-        reason = stop_reason(points, max_steps)
+        reason = stop_reason(points, study)
         if reason:
-            log(f"{mode}: training done ({reason})")
+            log(f"{run_dir.name}: training done ({reason})")
             return run_dir
-        target = (points[-1]["step"] if points else 0) + SEGMENT_STEPS
+        if study.segment_steps is None:  # whole epochs: the trainer validates at the epoch's end
+            epochs_done = round(points[-1]["epoch"]) if points else 0
+            target = ["--epochs", str(epochs_done + 1)]
+        else:
+            target = ["--max-steps", str((points[-1]["step"] if points else 0) + study.segment_steps)]
         if (run_dir / "run.json").exists() and ((run_dir / "resume").exists() or (run_dir / "resume.bak").exists()):
-            cmd = varattn("train", "--resume", str(run_dir), "--max-steps", str(target), "--threads", str(threads),
-                          "--no-progress")
+            cmd = varattn("train", "--resume", str(run_dir), *target, "--threads", str(threads), "--no-progress")
         else:
             if run_dir.exists():  # started but never saved: start again
                 import shutil
 
                 shutil.rmtree(run_dir)
             run_dir.parent.mkdir(parents=True, exist_ok=True)
-            cmd = varattn("train", "--config", str(CONFIG), "--mode", mode, "--train", str(data_dir / "train"),
-                          "--valid", str(data_dir / "val"), "--src-lang", "de", "--tgt-lang", "en",
-                          "--max-steps", str(target), "--threads", str(threads), "--out", str(run_dir),
+            cmd = varattn("train", "--config", str(CONFIG), "--mode", mode, "--seed", str(seed), "--train",
+                          str(data_dir / "train"), "--valid", str(data_dir / "val"), "--src-lang", "de",
+                          "--tgt-lang", "en", *target, "--threads", str(threads), "--out", str(run_dir),
                           "--no-progress", "--no-tensorboard")
         start = time.monotonic()
         proc = run(cmd, threads)
         wall = time.monotonic() - start
+        last = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("split") == "valid"][-1]
+        segment = {"step": last["step"], "wall_s": wall, "steps_per_epoch": steps_per_epoch}
+        if study.segment_steps is None:
+            segment["epoch"] = int(target[1])
         with open(run_dir / SEGMENTS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": target, "wall_s": wall, "steps_per_epoch": steps_per_epoch}) + "\n")
-        log(f"{mode}: {proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ''} ({wall:.0f} s)")
+            f.write(json.dumps(segment) + "\n")
+        log(f"{run_dir.name}: {proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ''} ({wall:.0f} s)")
 
 
 # -- evaluation (in a subprocess: --evaluate-mode) -------------------------------------------------
@@ -230,9 +272,9 @@ def score(run_dir: Path, prefix: Path, ref: Path, hyp: Path, evaluate_args: list
     return {"evaluate": ev, "bleu": bleu, "evaluate_s": round(eval_s, 1), "decode_s": round(decode_s, 1)}
 
 
-def evaluate_mode(mode: str, data: Path, work: Path, threads: int) -> dict:
-    """Test figures of the best checkpoint of ``mode``; runs with this checkout's code."""
-    run_dir, data_dir = work / "runs" / mode, work / "data"
+def evaluate_mode(name: str, data: Path, work: Path, threads: int) -> dict:
+    """Test figures of the best checkpoint of the run ``name``; runs with this checkout's code."""
+    run_dir, data_dir = work / "runs" / name, work / "data"
     out_dir = run_dir / "study_eval"
     out_dir.mkdir(exist_ok=True)
     info = model_info(run_dir, threads)
@@ -245,7 +287,7 @@ def evaluate_mode(mode: str, data: Path, work: Path, threads: int) -> dict:
                       threads)
         entry.update(relaxed_extras(info, entry["evaluate"], run_dir, prefix, split, data, out_dir, threads))
         result["tests"][split] = entry
-        log(f"{mode} {split}: ppl {entry['evaluate']['ppl']:.3f}, BLEU {entry['bleu'].get('tok_bleu')}")
+        log(f"{name} {split}: ppl {entry['evaluate']['ppl']:.3f}, BLEU {entry['bleu'].get('tok_bleu')}")
     result["alignments"] = alignments(run_dir, data_dir / "test_2016_flickr", threads)
     return result
 
@@ -315,18 +357,20 @@ def summarize_training(run_dir: Path) -> dict:
     }
 
 
-def finish_mode(mode: str, data: Path, work: Path, threads: int) -> Path:
-    run_dir = work / "runs" / mode
-    proc = run([sys.executable, str(Path(__file__).resolve()), "--evaluate-mode", mode, "--data", str(data),
+def finish_mode(mode: str, seed: int, data: Path, work: Path, threads: int, study: Study) -> Path:
+    name = study.job_name(mode, seed)
+    run_dir = work / "runs" / name
+    proc = run([sys.executable, str(Path(__file__).resolve()), "--evaluate-mode", name, "--data", str(data),
                 "--work", str(work), "--threads", str(threads)], threads)
     evaluation = json.loads(proc.stdout.strip().splitlines()[-1])
     points = curve(run_dir)
     best = min(points, key=valid_metric)
     result = {
         "mode": mode,
-        "study": {"bpe_merges": BPE_MERGES, "segment_steps": SEGMENT_STEPS, "max_epochs": MAX_EPOCHS,
-                  "patience": PATIENCE, "topk": TOPK, "beam": BEAM},
-        "stopped": stop_reason(points, MAX_EPOCHS * 2 * SEGMENT_STEPS),
+        "seed": seed,
+        "study": {"budget": study.name, "bpe_merges": BPE_MERGES, "segment_steps": study.segment_steps,
+                  "max_epochs": study.max_epochs, "patience": study.patience, "topk": TOPK, "beam": BEAM},
+        "stopped": stop_reason(points, study),
         "best": {"step": best["step"], "epoch": best["epoch"], "valid_ppl": best["ppl"],
                  "valid_elbo_ppl": best.get("elbo_ppl")},
         "curve": points,
@@ -334,7 +378,7 @@ def finish_mode(mode: str, data: Path, work: Path, threads: int) -> Path:
         **evaluation,
         **provenance(threads),
     }
-    return write_result(RESULTS, mode, result)
+    return write_result(study.results, name, result)
 
 
 def provenance(threads: int) -> dict:
@@ -379,45 +423,74 @@ def write_report(docs: Path = REPORT.parent) -> Path:
     return report
 
 
+def parse_jobs(specs: list[str], study: Study) -> list[tuple[str, int]]:
+    """``MODE`` (every seed of the study for it) or ``MODE:SEED``, in the order given; a bad one: SystemExit."""
+    jobs = []
+    for spec in specs:
+        mode, _, seed = spec.partition(":")
+        if mode not in MODES:
+            raise SystemExit(f"unknown mode {mode!r} in --modes (choose from {', '.join(MODES)})")
+        if seed and not seed.isdigit():
+            raise SystemExit(f"bad seed in --modes {spec!r}: MODE or MODE:SEED, e.g. soft:2")
+        jobs += [(mode, int(seed))] if seed else [(mode, s) for s in study.seeds_of(mode)]
+    return jobs
+
+
+def default_jobs(study: Study) -> list[tuple[str, int]]:
+    """Every mode's first seed in ``MODES`` order, then the further seeds of the modes that have them."""
+    first = [(mode, study.seeds_of(mode)[0]) for mode in MODES]
+    rest = [(mode, seed) for k in range(1, 10) for mode in MODES if len(study.seeds_of(mode)) > k
+            for seed in [study.seeds_of(mode)[k]]]
+    return first + rest
+
+
 def main(argv: list[str] | None = None) -> int:
-    global RESULTS, SEGMENT_STEPS, MAX_EPOCHS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, help="Multi30k directory (with task1/tok)")
-    p.add_argument("--work", type=Path, default=Path("runs/multi30k"), help="run directories and segmented data")
-    p.add_argument("--modes", nargs="+", default=MODES, help="modes to run, in this order")
+    p.add_argument("--study", choices=sorted(STUDIES), default="converged",
+                   help="converged (default): each mode until validation stops improving, capped; early: the "
+                        "3-epoch budget of the early-learning table")
+    p.add_argument("--work", type=Path, help="run directories and segmented data (default runs/multi30k-STUDY)")
+    p.add_argument("--modes", nargs="+", help="MODE (all its seeds) or MODE:SEED, in this order (default: all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of every training/evaluation process")
     p.add_argument("--report", action="store_true", help="only rebuild docs/results.md from the committed JSON files")
     p.add_argument("--no-report", action="store_true", help="do not rebuild docs/results.md after each mode")
     p.add_argument("--docs", type=Path, default=REPORT.parent, help="where results.md and img/ go (default docs/)")
-    p.add_argument("--results", type=Path, default=RESULTS, help="where the per-mode JSON files go")
-    p.add_argument("--segment-steps", type=int, default=SEGMENT_STEPS, help="updates between validations (smoke tests)")
-    p.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help="the budget in epochs (smoke tests)")
+    p.add_argument("--results", type=Path, help="where the per-mode JSON files go (default: the study's)")
+    p.add_argument("--segment-steps", type=int, help="updates between validations (smoke tests; default: the study's)")
+    p.add_argument("--max-epochs", type=int, help="the cap in epochs (smoke tests; default: the study's)")
+    p.add_argument("--patience", type=int, help="segments without improvement that stop a mode (smoke tests)")
     p.add_argument("--evaluate-mode", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    RESULTS, SEGMENT_STEPS, MAX_EPOCHS = args.results.resolve(), args.segment_steps, args.max_epochs
+    study = STUDIES[args.study]
+    changes = {"results": args.results.resolve() if args.results else None, "segment_steps": args.segment_steps,
+               "max_epochs": args.max_epochs, "patience": args.patience}
+    study = replace(study, **{k: v for k, v in changes.items() if v is not None})
     if args.report:
         write_report(args.docs.resolve())
         return 0
     if args.data is None:
         p.error("--data is needed to train (or give --report)")
-    work = args.work.resolve()
+    work = (args.work or Path(f"runs/multi30k-{study.name}")).resolve()
     if args.evaluate_mode:
         print(json.dumps(evaluate_mode(args.evaluate_mode, args.data.resolve(), work, args.threads)))
         return 0
+    jobs = parse_jobs(args.modes, study) if args.modes else default_jobs(study)
     data_dir = prepare_data(args.data.resolve(), work)
-    for mode in args.modes:
-        if (RESULTS / f"{mode}.json").exists():
-            log(f"{mode}: results exist, skipped")
+    for mode, seed in jobs:
+        name = study.job_name(mode, seed)
+        if (study.results / f"{name}.json").exists():
+            log(f"{name}: results exist, skipped")
             continue
         t0 = time.monotonic()
         try:
-            train_mode(mode, data_dir, work, args.threads)
-            path = finish_mode(mode, args.data.resolve(), work, args.threads)
+            train_mode(mode, seed, data_dir, work, args.threads, study)
+            path = finish_mode(mode, seed, args.data.resolve(), work, args.threads, study)
         except RuntimeError as exc:  # one failing mode must not stop the others
-            log(f"{mode}: FAILED, going on with the next mode\n{exc}")
+            log(f"{name}: FAILED, going on with the next mode\n{exc}")
             continue
-        log(f"{mode}: wrote {path} ({(time.monotonic() - t0) / 60:.1f} min)")
+        log(f"{name}: wrote {path} ({(time.monotonic() - t0) / 60:.1f} min)")
         if not args.no_report:
             try:
                 write_report(args.docs.resolve())

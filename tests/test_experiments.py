@@ -42,16 +42,20 @@ def run_script(*argv) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.slow
-def test_multi30k_study_trains_evaluates_resumes_and_reports(tmp_path):
-    tok = tmp_path / "multi30k" / "task1" / "tok"
+def make_corpus(root: Path) -> None:
+    """A made-up corpus in the layout of Multi30k's ``task1/tok``."""
     for split, n in (("train", 64), ("val", 12), ("test_2016_flickr", 48), ("test_2017_flickr", 20)):
         de, en = sentences(n, seed=len(split) + n)
-        write(tok / f"{split}.lc.norm.tok.de", de)
-        write(tok / f"{split}.lc.norm.tok.en", en)
+        write(root / "task1" / "tok" / f"{split}.lc.norm.tok.de", de)
+        write(root / "task1" / "tok" / f"{split}.lc.norm.tok.en", en)
+
+
+@pytest.mark.slow
+def test_multi30k_study_trains_evaluates_resumes_and_reports(tmp_path):
+    make_corpus(tmp_path / "multi30k")
     args = ["experiments/multi30k.py", "--data", tmp_path / "multi30k", "--work", tmp_path / "work", "--results",
-            tmp_path / "results", "--docs", tmp_path / "docs", "--modes", "var-relaxed", "--segment-steps", 2,
-            "--max-epochs", 1]
+            tmp_path / "results", "--docs", tmp_path / "docs", "--modes", "var-relaxed", "--study", "early",
+            "--segment-steps", 2, "--max-epochs", 1]
     out = run_script(*args).stdout
     assert "FAILED" not in out, out
     result = json.loads((tmp_path / "results" / "var-relaxed.json").read_text(encoding="utf-8"))
@@ -83,6 +87,28 @@ def test_multi30k_study_trains_evaluates_resumes_and_reports(tmp_path):
     metrics = (tmp_path / "work" / "runs" / "var-relaxed" / "metrics.jsonl").read_text(encoding="utf-8")
     assert "var-relaxed: results exist, skipped" in run_script(*args).stdout
     assert (tmp_path / "work" / "runs" / "var-relaxed" / "metrics.jsonl").read_text(encoding="utf-8") == metrics
+
+
+@pytest.mark.slow
+def test_converged_study_trains_whole_epochs_until_validation_stops_improving_for_every_seed(tmp_path):
+    make_corpus(tmp_path / "multi30k")
+    args = ["experiments/multi30k.py", "--data", tmp_path / "multi30k", "--work", tmp_path / "work", "--results",
+            tmp_path / "results", "--no-report", "--modes", "soft:1", "soft:2", "--max-epochs", 3, "--patience", 1]
+    out = run_script(*args).stdout
+    assert "FAILED" not in out, out
+    for seed in (1, 2):
+        result = json.loads((tmp_path / "results" / f"soft-s{seed}.json").read_text(encoding="utf-8"))
+        assert result["seed"] == seed and result["study"]["budget"] == "converged"
+        epochs = [p["epoch"] for p in result["curve"]]
+        assert epochs == list(range(1, len(epochs) + 1)) and 1 < len(epochs) <= 3  # one validation per epoch
+        run_dir = tmp_path / "work" / "runs" / f"soft-s{seed}"
+        valid = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["split"] == "valid"]
+        assert all(r["epoch_end"] for r in valid) and [r["step"] for r in valid] == [p["step"] for p in result["curve"]]
+        assert result["stopped"].startswith(("budget: 3 epochs", "early stop: no improvement in 1 epochs"))
+        assert json.loads((run_dir / "run.json").read_text())["config"]["seed"] == seed
+    one, two = (json.loads((tmp_path / "results" / f"soft-s{s}.json").read_text())["curve"][0]["ppl"] for s in (1, 2))
+    assert one != two  # the seeds give different models
 
 
 @pytest.mark.slow

@@ -171,3 +171,55 @@ def test_config_sections_are_checked_by_key():
         ToyConfig.from_dict({"colour": "red"})
     assert ToyConfig.from_dict({"lr": "3e-4"}).lr == pytest.approx(3e-4)
     assert ToyConfig.from_dict(_cfg().to_dict()) == _cfg()
+
+
+class ScriptedValidation(Regression):
+    """The regression task whose validation metric is a given function of the number of updates taken."""
+
+    name = "toy-scripted"
+
+    def __init__(self, cfg: ToyConfig, metric_at):
+        super().__init__(cfg)
+        self.metric_at, self.updates = metric_at, 0
+
+    def loss(self, model: nn.Module, batch, step: int) -> BatchLoss:
+        self.updates = step + 1
+        return super().loss(model, batch, step)
+
+    def valid_result(self, sums: dict) -> Validation:
+        metric = self.metric_at(self.updates)
+        return Validation({"mse": metric}, metric, f"valid {metric}")
+
+
+def _lr_by_validation(tmp_path, metric_at, **kw) -> list[tuple[int, bool, float]]:
+    cfg = _cfg(**{"lr": 0.01, "decay_start_epoch": 2, **kw})
+    start(ScriptedValidation(cfg, metric_at), cfg, tmp_path / "run", progress=False, tensorboard=False).train()
+    return [(r["step"], r["epoch_end"], r["lr"]) for r in _records(tmp_path / "run") if r["split"] == "valid"]
+
+
+def test_a_run_improving_every_epoch_never_decays_even_when_mid_epoch_validations_were_better(tmp_path):
+    # 6 updates an epoch; every epoch's end improves on the last one, but the mid-epoch validation just
+    # before it was better still (the coin flip that halved the study's learning rate every epoch)
+    def metric_at(step):
+        epoch_in_progress = -(-step // 6)
+        return 10.0 - step / 6 if step % 6 == 0 else 10.0 - epoch_in_progress - 0.5
+
+    seen = _lr_by_validation(tmp_path, metric_at, epochs=5, eval_every=4)
+    assert [s for s, end, _ in seen if end] == [6, 12, 18, 24, 30]  # one schedule decision per epoch
+    assert [s for s, end, _ in seen if not end] == [4, 8, 16, 20, 28]  # 12 and 24 are epoch ends: scored once
+    assert {lr for _, _, lr in seen} == {0.01}
+
+
+def test_a_stalling_run_decays_once_per_epoch_that_is_not_a_new_best(tmp_path):
+    ends = {6: 5.0, 12: 4.0, 18: 4.5, 24: 4.2, 30: 3.0}
+    seen = _lr_by_validation(tmp_path, lambda step: ends.get(step, 0.1), epochs=5, eval_every=3)
+    assert [(s, lr) for s, end, lr in seen if end] == [(6, 0.01), (12, 0.01), (18, 0.005), (24, 0.0025),
+                                                       (30, 0.0025)]
+    # the mid-epoch validations (metric 0.1, far better than any epoch's end) never touch the schedule
+    assert [lr for s, end, lr in seen if not end] == [0.01, 0.01, 0.01, 0.005, 0.0025]
+
+
+def test_the_schedule_starts_at_decay_start_epoch(tmp_path):
+    ends = {6: 1.0, 12: 2.0, 18: 3.0, 24: 4.0}
+    seen = _lr_by_validation(tmp_path, lambda step: ends[step], epochs=4, decay_start_epoch=3)
+    assert [lr for _, _, lr in seen] == [0.01, 0.01, 0.005, 0.0025]  # epoch 2 was worse, but before epoch 3

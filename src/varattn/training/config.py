@@ -76,9 +76,11 @@ class TrainingConfig:
     #: stop (and validate) after this much wall-clock time
     max_minutes: float | None = spec(None, rule=positive)
     lr_decay: float = spec(0.5, rule=positive)
-    #: halve the learning rate when validation is worse than the best, from this (1-based) epoch on
+    #: halve the learning rate when an epoch's validation is worse than the best of the earlier epochs',
+    #: from this epoch on (counted from 1; mid-epoch validations never change the learning rate)
     decay_start_epoch: int = 2
-    #: validate every this many updates (None or 0: after every epoch)
+    #: also validate every this many updates (None or 0: only after every epoch); these validations
+    #: write best/ and last/ but leave the learning rate alone
     eval_every: int | None = spec(None, rule=non_negative)
     #: this many non-finite updates in a row stop training
     max_bad_steps: int = spec(20, rule=positive)

@@ -2,9 +2,11 @@
 
 One update: the task's loss terms of a batch (the surrogate summed over the batch, divided by its
 normaliser -- the number of sentences, in the paper), skipped when the loss or the gradient norm is
-not finite, the gradient norm clipped, one Adam step. After every epoch (or every ``eval_every``
-updates) the validation set is scored; the learning rate is halved when the validation metric is
-worse than the best so far (from ``decay_start_epoch`` on); ``best/``, ``last/`` and ``resume/`` are
+not finite, the gradient norm clipped, one Adam step. The validation set is scored after every epoch
+(and also every ``eval_every`` updates, and where ``max_steps`` or ``max_minutes`` stop the run); the
+learning rate is halved when an epoch's validation metric is worse than the best of the earlier
+epochs' (from ``decay_start_epoch`` on: the paper's rule; mid-epoch validations only watch and
+checkpoint, see :func:`varattn.training.optim.next_lr`); ``best/``, ``last/`` and ``resume/`` are
 written atomically. ``resume/`` is also written every ``save_every`` updates and when a SIGINT or
 SIGTERM stops the run (:mod:`varattn.training.stop`); ``--resume`` continues bit-identically and
 cuts ``metrics.jsonl`` back to what it held at that save. See docs/reliability.md.
@@ -199,7 +201,8 @@ class Trainer:
                             rec = self._train_record()
                             bar.set_postfix(loss=f"{rec['loss']:.3f}", ppl=f"{rec['ppl']:.2f}",
                                             tok_s=f"{rec['tokens_per_s']:.0f}")
-                        if cfg.eval_every and st.step % cfg.eval_every == 0:
+                        epoch_ends = st.batch_in_epoch >= len(batches)  # then the epoch's validation follows
+                        if cfg.eval_every and st.step % cfg.eval_every == 0 and not epoch_ends:
                             self._log_valid(bar)
                         elif cfg.save_every and st.step % cfg.save_every == 0:
                             self.save_resume()
@@ -208,8 +211,7 @@ class Trainer:
                     else:
                         st.epoch += 1
                         st.batch_in_epoch = 0
-                        if not cfg.eval_every:
-                            self._log_valid(bar)
+                        self._log_valid(bar, epoch_end=True)
                         if self._agree(stop.signum is not None):
                             self._stop(stop.signum)
                         continue
@@ -250,8 +252,9 @@ class Trainer:
         return rec
 
     # -- validation and checkpoints --------------------------------------------------------------
-    def validate(self) -> dict:
-        """Score the validation set, follow the schedule, write the record, best/, last/ and resume/."""
+    def validate(self, epoch_end: bool = False) -> dict:
+        """Score the validation set, write the record, best/, last/ and resume/; at an epoch's end
+        (``epoch_end``: ``state.epoch`` just counted it) also follow the learning-rate schedule."""
         st, cfg = self.state, self.cfg
         saved = rng_state()  # validation may draw (sampling modes): keep training's stream untouched
         was_training = self.model.training
@@ -266,9 +269,10 @@ class Trainer:
         set_rng_state(saved)
         self.summary = result.summary
         improved = result.metric < st.best_metric
-        st.lr = next_lr(st.lr, result.metric, st.best_metric, st.epoch + 1, cfg.lr_decay, cfg.decay_start_epoch)
-        set_lr(self.optimizer, st.lr)
-        record = {"split": "valid", "step": st.step, "epoch": st.epoch + 1, "lr": st.lr, **result.figures}
+        if epoch_end:
+            self._schedule(result.metric)
+        record = {"split": "valid", "step": st.step, "epoch": st.epoch + 1, "epoch_end": epoch_end, "lr": st.lr,
+                  "metric": result.metric, **result.figures}
         self.metrics.write(record)
         self.metrics.heatmaps(heatmaps, st.step)
         meta = {"step": st.step, "epoch": st.epoch + 1, "task": self.task.name, "valid": result.figures}
@@ -280,8 +284,15 @@ class Trainer:
         self.save_resume()
         return record
 
-    def _log_valid(self, bar) -> dict:
-        record = self.validate()
+    def _schedule(self, metric: float) -> None:
+        """The paper's learning-rate rule after ``state.epoch`` completed epochs (see ``next_lr``)."""
+        st, cfg = self.state, self.cfg
+        st.lr = next_lr(st.lr, metric, st.epoch_best_metric, st.epoch, cfg.lr_decay, cfg.decay_start_epoch)
+        set_lr(self.optimizer, st.lr)
+        st.epoch_best_metric = min(st.epoch_best_metric, metric)
+
+    def _log_valid(self, bar, epoch_end: bool = False) -> dict:
+        record = self.validate(epoch_end)
         if self.world.main:
             bar.write(f"step {record['step']}: {self.summary}, lr {record['lr']:.2e}", file=sys.stderr)
         return record

@@ -59,7 +59,7 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "epoch") and math.isfinite(value):
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "epoch") and math.isfinite(value):
                     self.writer.add_scalar(f"{record['split']}/{key}", value, record["step"])
             self.writer.flush()
 

@@ -21,10 +21,13 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
 
 
 def next_lr(lr: float, metric: float, best: float, epoch: int, decay: float, decay_start_epoch: int) -> float:
-    """The learning rate after a validation: multiplied by ``decay`` when ``metric`` is not better than ``best``.
+    """The learning rate after epoch ``epoch``: multiplied by ``decay`` when that epoch's validation
+    ``metric`` is not better than ``best``, the best of the earlier epochs' validations.
 
-    ``epoch`` is 1-based; nothing changes before ``decay_start_epoch`` or before the first validation
-    (``best`` infinite). Lower metrics are better.
+    The paper's rule (``start_decay_at``): it is decided once per completed epoch, never on a
+    mid-epoch validation (``eval_every``, a ``max_steps`` stop), which only watches and checkpoints.
+    ``epoch`` counts completed epochs (1 after the first); nothing changes before ``decay_start_epoch``
+    or after the first epoch-level validation (``best`` infinite). Lower metrics are better.
     """
     if metric < best or epoch < decay_start_epoch or not math.isfinite(best):
         return lr

@@ -29,7 +29,10 @@ class TrainerState:
     #: batches of the current epoch already used
     batch_in_epoch: int = 0
     lr: float = 0.0
+    #: best validation metric so far, any validation (what ``best/`` holds)
     best_metric: float = math.inf
+    #: best validation metric at an epoch's end: what the learning-rate schedule compares with
+    epoch_best_metric: float = math.inf
     bad_steps: int = 0
     consecutive_bad: int = 0
     #: step of the latest validation (-1: none yet); a run whose target is reached and validated is finished
