@@ -255,7 +255,7 @@ class Trainer:
     def validate(self, epoch_end: bool = False) -> dict:
         """Score the validation set, write the record, best/, last/ and resume/; at an epoch's end
         (``epoch_end``: ``state.epoch`` just counted it) also follow the learning-rate schedule."""
-        st, cfg = self.state, self.cfg
+        st = self.state
         saved = rng_state()  # validation may draw (sampling modes): keep training's stream untouched
         was_training = self.model.training
         self.model.eval()

@@ -59,7 +59,8 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "epoch") and math.isfinite(value):
+                scalar = isinstance(value, (int, float)) and not isinstance(value, bool)  # not epoch_end
+                if scalar and key not in ("step", "epoch") and math.isfinite(value):
                     self.writer.add_scalar(f"{record['split']}/{key}", value, record["step"])
             self.writer.flush()
 
