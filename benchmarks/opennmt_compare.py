@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--venv", default="/tmp/onmt-venv",
                         help="virtual environment for OpenNMT-py (outside the repository)")
     parser.add_argument("--workdir", default="/tmp/onmt-bench", help="where OpenNMT-py's files go")
-    parser.add_argument("--data", default=None, help="directory with valid.*.bpe and test.de.bpe")
+    parser.add_argument("--data", default=None, help="directory with valid.*.bpe and test.de.bpe "
+                        f"(default $VARATTN_DATA or {speed.DEFAULT_DATA}, from varattn prepare iwslt14)")
     parser.add_argument("--batches", default="64,6", help="comma-separated batch sizes (sentences) to train with")
     parser.add_argument("--steps-64", type=int, default=40, help="training steps with batches of 64 sentences")
     parser.add_argument("--steps-6", type=int, default=150,

@@ -36,8 +36,8 @@ workers' environment; the machine line records which).
 
 ``--json`` prints one JSON object (``machine``, then ``results[config][mode]``); a markdown table
 with the machine description is written to ``docs/benchmarks.md`` or ``--markdown PATH``
-(``--markdown -`` skips it). The data directory defaults to ``$VARATTN_DATA`` or
-``../shared/data/iwslt14-de-en-valid-test`` relative to the repository root (``--data``).
+(``--markdown -`` skips it). The data directory is ``--data``, else ``$VARATTN_DATA``, else ``data/iwslt14``
+relative to the repository root (where ``varattn prepare iwslt14 URL_OR_ARCHIVE data/iwslt14`` writes it).
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ from pathlib import Path
 from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 REPO = Path(__file__).resolve().parent.parent
+#: the data directory, relative to the repository root: ``varattn prepare iwslt14 URL_OR_ARCHIVE data/iwslt14``
+DEFAULT_DATA = Path("data", "iwslt14")
 DEFAULT_CONFIGS = ("small", "iwslt14")
 #: modes whose loss evaluates the output layer at every source position
 ENUMERATING = ("marginal", "hard-enum", "var-enum")
@@ -186,7 +188,7 @@ def data_dir(arg: str | None) -> Path:
         return Path(arg)
     if os.environ.get("VARATTN_DATA"):
         return Path(os.environ["VARATTN_DATA"])
-    return REPO.parent / "shared" / "data" / "iwslt14-de-en-valid-test"
+    return REPO / DEFAULT_DATA
 
 
 def load_sample(data: Path, max_len: int | None, batch_size: int, n_batches: int):
@@ -453,7 +455,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="training precision: bf16 runs the forward pass under torch.autocast")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. model.enum_chunk_rows=4096")
-    parser.add_argument("--data", default=None, help="directory with valid.de.bpe / valid.en.bpe")
+    parser.add_argument("--data", default=None,
+                        help=f"directory with valid.de.bpe / valid.en.bpe (default $VARATTN_DATA or {DEFAULT_DATA})")
     parser.add_argument("--plain", action="store_true",
                         help="every fast path of varattn.kernels off (VARATTN_FAST=0 in the workers)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -481,7 +484,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(exc))
     data = data_dir(args.data)
     if not (data / "valid.de.bpe").is_file():
-        parser.error(f"no valid.de.bpe in {data}: give --data or set VARATTN_DATA")
+        parser.error(f"no valid.de.bpe in {data}: run `varattn prepare iwslt14 URL_OR_ARCHIVE {DEFAULT_DATA}`, "
+                     "give --data or set VARATTN_DATA")
     modes = args.modes.split(",") if args.modes else mode_names()
     if args.plain:
         os.environ["VARATTN_FAST"] = "0"  # inherited by the worker processes

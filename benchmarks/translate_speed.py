@@ -8,8 +8,8 @@ and token, so a ``--topk`` (K-max) row is added for comparison.
 
     python benchmarks/translate_speed.py [--run RUN_DIR] [--data DIR] [--steps 100] [--lines 500]
 
-The data directory defaults to ``$VARATTN_DATA`` or ``../shared/data/iwslt14-de-en-valid-test``
-relative to the repository root.
+The data directory is ``--data``, else ``$VARATTN_DATA``, else ``data/iwslt14`` relative to the
+repository root (where ``varattn prepare iwslt14 URL_OR_ARCHIVE data/iwslt14`` writes it).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from varattn.commands.bleu import quiet_bleu
 from varattn.data.corpus import read_lines
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "iwslt14-de-en-valid-test"
+DEFAULT_DATA = REPO / "data" / "iwslt14"
 #: keeps the default run within minutes on two cores: the exact marginal costs S x V per token
 FAST_SETS = ["max_vocab=2000", "max_len=30", "max_valid_sentences=100"]
 
@@ -71,7 +71,8 @@ def main() -> None:
     data = Path(args.data)
     test_src, test_ref = data / "test.de.bpe", data / "test.en.bpe"
     if not test_src.is_file():
-        raise SystemExit(f"no {test_src}: pass --data or set VARATTN_DATA")
+        raise SystemExit(f"no {test_src}: run `varattn prepare iwslt14 URL_OR_ARCHIVE data/iwslt14`, pass --data "
+                         "or set VARATTN_DATA")
 
     tmp = None
     train_s = None

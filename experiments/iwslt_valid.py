@@ -1,6 +1,6 @@
 """The study's second real-data check (issue 14, part 4): soft attention against the best variational mode on IWSLT'14.
 
-    python experiments/iwslt_valid.py --data ../shared/data/iwslt14-de-en-valid-test
+    python experiments/iwslt_valid.py --data data/iwslt14      # after `varattn prepare iwslt14 data/iwslt14`
     python experiments/iwslt_valid.py --data ... --modes soft var-sample      # choose the modes yourself
 
 Only the IWSLT'14 valid and test splits are on this machine (the authors' files, BPE with 14,000 joint
@@ -129,7 +129,8 @@ def finish(mode: str, data: Path, work: Path, threads: int, chosen_by: str) -> P
 def main(argv: list[str] | None = None) -> int:
     global RESULTS, EPOCHS, DEV_PAIRS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, required=True, help="the IWSLT'14 valid/test directory (*.de.bpe, *.en.bpe)")
+    p.add_argument("--data", type=Path, default=Path("data/iwslt14"),
+                   help="the IWSLT'14 directory with valid/test *.de.bpe, *.en.bpe (default data/iwslt14)")
     p.add_argument("--work", type=Path, default=Path("runs/iwslt-valid"), help="run directories and split data")
     p.add_argument("--modes", nargs="+", help="default: soft and the Multi30k study's best variational mode")
     p.add_argument("--threads", type=int, default=1, help="torch threads of every training/evaluation process")

@@ -1,8 +1,14 @@
-"""The Multi30k German-English study (issue 14): every mode, one shared configuration, on a CPU.
+"""The Multi30k German-English study (issues 14, 19): every mode, one shared configuration, on a CPU.
 
-    python experiments/multi30k.py --data ../shared/data/multi30k          # train + evaluate what is missing
+    varattn prepare multi30k data/multi30k                                 # the data, once
+    python experiments/multi30k.py                                         # train + evaluate what is missing
     python experiments/multi30k.py --report                                # rebuild docs/results.md only
-    python experiments/multi30k.py --data ... --modes soft var-enum        # a subset, in this order
+    python experiments/multi30k.py --modes soft:2 var-enum                 # some runs, in this order
+    python experiments/multi30k.py --study early                           # the 3-epoch budget of issue 14
+
+Two budgets (``STUDIES``): ``converged`` (the default: each mode epoch by epoch until its validation has
+not improved for two epochs, capped at 20; three seeds for ``soft``, ``var-sample`` and ``hard-sample``)
+and ``early`` (issue 14's equal 3 epochs, validated every half epoch).
 
 What it does, per mode (in ``MODES`` order, cheap and informative modes first, ``var-relaxed`` last):
 
@@ -410,17 +416,61 @@ def load_results(results_dir: Path | None = None) -> dict[str, dict]:
     return out
 
 
-def write_report(docs: Path = REPORT.parent) -> Path:
-    """``docs/results.md`` and its figures (``docs/img``) from the committed results."""
+def load_groups(results_dir: Path) -> dict[str, list[dict]]:
+    """The converged study's JSON files of ``results_dir``: mode -> its results, in seed order."""
+    groups: dict[str, list[dict]] = {}
+    for path in sorted(results_dir.glob("*-s*.json")) if results_dir.exists() else []:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        groups.setdefault(result["mode"], []).append(result)
+    return {m: sorted(groups[m], key=lambda r: r["seed"]) for m in MODES if m in groups}
+
+
+def write_report(docs: Path = REPORT.parent, study: Study | None = None) -> Path:
+    """``docs/results.md`` and its figures (``docs/img``) from the committed results (``study``'s results
+    directory in place of its default, for runs elsewhere)."""
     from report_multi30k import build_report  # experiments/report_multi30k.py
+    from report_vqa import vqa_section  # experiments/report_vqa.py
 
     results = ROOT / "experiments" / "results"
+    dirs = {name: s.results for name, s in STUDIES.items()}
+    if study is not None:
+        dirs[study.name] = study.results
+    converged = STUDIES["converged"]
+    arrival = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((results / "relaxed-arrival").glob("*.json"))]
     report = docs / REPORT.name
-    text = build_report(load_results(), MODES, docs / IMG.name, docs, longer=load_results(results / "multi30k-5epochs"),
-                        iwslt=load_results(results / "iwslt-valid"))
+    text = build_report(load_groups(dirs["converged"]), load_results(dirs["early"]), MODES, docs / IMG.name, docs,
+                        planned={m: len(converged.seeds_of(m)) for m in MODES},
+                        longer=load_results(results / "multi30k-5epochs"),
+                        iwslt=load_results(results / "iwslt-valid"), arrival=arrival,
+                        vqa=vqa_section(results / "vqa", docs / IMG.name, docs),
+                        progress=[json.loads(p.read_text(encoding="utf-8"))
+                                  for p in sorted((dirs["converged"] / "progress").glob("*.json"))])
     report.write_text(text, encoding="utf-8")
     log(f"wrote {report}")
     return report
+
+
+def snapshot(work: Path, study: Study) -> list[Path]:
+    """``RESULTS/progress/NAME.json`` for every run in ``work`` without a final result: its curve so far.
+
+    Run directories are not committed; these small files are, so the report can say where an unfinished
+    run stands and a later session on another machine knows what was reached.
+    """
+    out = []
+    progress = study.results / "progress"
+    for run_dir in sorted((work / "runs").glob("*")) if (work / "runs").is_dir() else []:
+        if (study.results / f"{run_dir.name}.json").exists() or not (run_dir / "run.json").exists():
+            (progress / f"{run_dir.name}.json").unlink(missing_ok=True)
+            continue
+        points = curve(run_dir)
+        if not points:
+            continue
+        config = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["config"]
+        result = {"run": run_dir.name, "mode": config["mode"], "seed": config["seed"], "curve": points,
+                  "epochs_done": points[-1]["epoch"], "best_valid_ppl": min(valid_metric(p) for p in points),
+                  "train_wall_s": round(points[-1]["wall_s"], 1), **provenance(config.get("threads") or 1)}
+        out.append(write_result(progress, run_dir.name, result))
+    return out
 
 
 def parse_jobs(specs: list[str], study: Study) -> list[tuple[str, int]]:
@@ -446,7 +496,8 @@ def default_jobs(study: Study) -> list[tuple[str, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, help="Multi30k directory (with task1/tok)")
+    p.add_argument("--data", type=Path, default=Path("data/multi30k"),
+                   help="Multi30k directory with task1/tok (default data/multi30k: `varattn prepare multi30k`)")
     p.add_argument("--study", choices=sorted(STUDIES), default="converged",
                    help="converged (default): each mode until validation stops improving, capped; early: the "
                         "3-epoch budget of the early-learning table")
@@ -460,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segment-steps", type=int, help="updates between validations (smoke tests; default: the study's)")
     p.add_argument("--max-epochs", type=int, help="the cap in epochs (smoke tests; default: the study's)")
     p.add_argument("--patience", type=int, help="segments without improvement that stop a mode (smoke tests)")
+    p.add_argument("--snapshot", action="store_true",
+                   help="only write RESULTS/progress/*.json: the curves so far of the unfinished runs in --work")
     p.add_argument("--evaluate-mode", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -468,11 +521,16 @@ def main(argv: list[str] | None = None) -> int:
                "max_epochs": args.max_epochs, "patience": args.patience}
     study = replace(study, **{k: v for k, v in changes.items() if v is not None})
     if args.report:
-        write_report(args.docs.resolve())
+        write_report(args.docs.resolve(), study)
         return 0
-    if args.data is None:
-        p.error("--data is needed to train (or give --report)")
     work = (args.work or Path(f"runs/multi30k-{study.name}")).resolve()
+    if args.snapshot:
+        for path in snapshot(work, study):
+            log(f"wrote {path}")
+        return 0
+    if not (args.data / "task1" / "tok").is_dir():
+        p.error(f"no Multi30k data in {args.data} (no task1/tok): run `varattn prepare multi30k {args.data}` or "
+                "give --data")
     if args.evaluate_mode:
         print(json.dumps(evaluate_mode(args.evaluate_mode, args.data.resolve(), work, args.threads)))
         return 0
@@ -493,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{name}: wrote {path} ({(time.monotonic() - t0) / 60:.1f} min)")
         if not args.no_report:
             try:
-                write_report(args.docs.resolve())
+                write_report(args.docs.resolve(), study)
             except Exception as exc:  # the report must never stop the study
                 log(f"report failed: {exc!r}")
     return 0

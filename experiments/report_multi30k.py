@@ -112,21 +112,139 @@ def _count(results: dict, split: str) -> str:
 
 
 def claims_table(results: dict, split: str) -> list[str]:
+    """The paper's orderings checked on one result per mode (the early-learning table)."""
+    return claims_lines({m: [r] for m, r in results.items()}, split)
+
+
+def claims_lines(groups: dict[str, list[dict]], split: str) -> list[str]:
+    """The paper's orderings on the seed means of ``groups`` (mode -> results of its seeds).
+
+    Where both modes have several seeds, a finding that holds on the means is called *separated* when
+    every seed of the better mode beats every seed of the worse one, and *within the seeds' spread*
+    otherwise.
+    """
     lines = [f"| paper's finding | ours ({split}) | holds? |", "|---|---|---|"]
     for claim, better, worse, key in CLAIMS:
-        if better not in results or worse not in results:
-            missing = ", ".join(m for m in (better, worse) if m not in results)
+        if better not in groups or worse not in groups:
+            missing = ", ".join(m for m in (better, worse) if m not in groups)
             lines.append(f"| {claim} | not measured ({missing} missing) | – |")
             continue
-        a, b = figure(results[better], split, key), figure(results[worse], split, key)
-        if a is None or b is None:
+        a_all = [v for v in (figure(r, split, key) for r in groups[better]) if v is not None]
+        b_all = [v for v in (figure(r, split, key) for r in groups[worse]) if v is not None]
+        if not a_all or not b_all:
             lines.append(f"| {claim} | – | – |")
             continue
         higher_better = key == "bleu"
+        a, b = sum(a_all) / len(a_all), sum(b_all) / len(b_all)
         holds = a > b if higher_better else a < b
+        verdict = "yes" if holds else "**no**"
+        if holds and (len(a_all) > 1 or len(b_all) > 1):
+            separated = min(a_all) > max(b_all) if higher_better else max(a_all) < min(b_all)
+            verdict += ", separated" if separated else ", within the seeds' spread"
         name = {"ppl": "PPL", "bleu": "BLEU", "prior_entropy": "prior H"}[key]
-        lines.append(f"| {claim} | {name} {better} {a:.2f} vs {worse} {b:.2f} | {'yes' if holds else '**no**'} |")
+        mean = "mean " if len(a_all) > 1 or len(b_all) > 1 else ""
+        lines.append(f"| {claim} | {mean}{name} {better} {a:.2f} vs {worse} {b:.2f} | {verdict} |")
     return lines
+
+
+def _spread(values: list[float], digits: int = 2) -> str:
+    """``mean`` for one value, ``mean (min–max)`` for several."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return _fmt(mean, digits)
+    return f"{_fmt(mean, digits)} ({_fmt(min(values), digits)}–{_fmt(max(values), digits)})"
+
+
+def converged_table(groups: dict[str, list[dict]], modes: list[str], split: str) -> list[str]:
+    """The converged study on ``split``: per mode the mean over its seeds and, in brackets, the range."""
+    lines = [
+        f"**{split}** ({_count({m: g[0] for m, g in groups.items()}, split)})",
+        "",
+        "| mode | seeds | exact PPL | ELBO PPL | K-max PPL (K=5) | BLEU (tok, lc) | sacreBLEU | prior H | posterior H "
+        "| best epoch | stopped | train min | paper PPL | paper BLEU | paper prior H |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for mode in modes:
+        paper = PAPER.get(mode, (None, None, None))
+        group = groups.get(mode)
+        if not group:
+            lines.append(f"| {mode} | 0 | *not finished yet* | | | | | | | | | | {_fmt(paper[0])} "
+                         f"| {_fmt(paper[1])} | {_fmt(paper[2])} |")
+            continue
+        evs = [r["tests"][split]["evaluate"] for r in group]
+        ppl = _spread([e["ppl"] for e in evs])
+        if evs[0].get("importance_samples"):
+            ppl += f" (IS, {evs[0]['importance_samples']} samples)"
+        stopped = sorted({("cap" if (r.get("stopped") or "").startswith("budget") else "converged") for r in group})
+        lines.append(
+            f"| {mode} | {len(group)} | {ppl} | {_spread([e.get('elbo_ppl') for e in evs])} "
+            f"| {_spread([e.get('kmax_ppl') for e in evs])} | {_spread([figure(r, split, 'bleu') for r in group])} "
+            f"| {_spread([figure(r, split, 'sacrebleu') for r in group])} "
+            f"| {_spread([e.get('prior_entropy') for e in evs])} "
+            f"| {_spread([e.get('posterior_entropy') for e in evs])} "
+            f"| {_spread([r['best']['epoch'] for r in group], 0)} | {', '.join(stopped)} "
+            f"| {_spread([(r.get('train_wall_s') or 0) / 60 for r in group], 0)} "
+            f"| {_fmt(paper[0])} | {_fmt(paper[1])} | {_fmt(paper[2])} |")
+    return lines
+
+
+def progress_lines(progress: list[dict]) -> list[str]:
+    """Runs still training when the page was built: how far they got (from ``RESULTS/progress``)."""
+    if not progress:
+        return []
+    lines = ["Runs still training (their curves so far are drawn dashed below; not results):", "",
+             "| run | epochs done | latest validation PPL | best so far | still improving? | training min |",
+             "|---|---:|---:|---:|---|---:|"]
+    for r in progress:
+        pts = r["curve"]
+        improving = "yes" if len(pts) < 2 or pts[-1]["ppl"] < pts[-2]["ppl"] else "no"
+        lines.append(f"| {r['run']} | {r['epochs_done']:g} | {_fmt(pts[-1]['ppl'])} | {_fmt(r['best_valid_ppl'])} "
+                     f"| {improving} | {_minutes(r['train_wall_s'])} |")
+    return lines + [""]
+
+
+def plot_converged_curves(groups: dict[str, list[dict]], modes: list[str], path: Path,
+                          progress: list[dict] | None = None) -> Path | None:
+    """Validation perplexity against updates and against wall-clock time, every seed of every mode
+    (runs still training dashed)."""
+    if not groups and not progress:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, mode in enumerate(m for m in modes if m in groups):
+        for j, r in enumerate(groups[mode]):
+            pts = r.get("curve") or []
+            style = {"color": colours[k % len(colours)], "marker": ".", "alpha": 0.9 if j == 0 else 0.5,
+                     "label": mode if j == 0 else None}
+            axes[0].plot([p["step"] for p in pts], [p["ppl"] for p in pts], **style)
+            axes[1].plot([p["wall_s"] / 60 for p in pts], [p["ppl"] for p in pts], **style)
+    for r in progress or []:
+        k = modes.index(r["mode"]) if r["mode"] in modes else 0
+        pts = r["curve"]
+        style = {"color": colours[k % len(colours)], "ls": "--", "alpha": 0.6,
+                 "label": None if r["mode"] in groups else f"{r['mode']} (training)"}
+        axes[0].plot([p["step"] for p in pts], [p["ppl"] for p in pts], **style)
+        axes[1].plot([p["wall_s"] / 60 for p in pts], [p["ppl"] for p in pts], **style)
+    for ax, xlabel in zip(axes, ("updates (batches of 32 sentences)", "training wall-clock (minutes, one thread)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation perplexity (exact; IS for var-relaxed)")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Multi30k de-en to convergence: validation perplexity after every epoch (every seed)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def relaxed_section(results: dict) -> list[str]:
@@ -279,7 +397,7 @@ def longer_section(longer: dict, results: dict) -> list[str]:
         return []
     split = TESTS[0]
     lines = [
-        "## Three modes with a longer budget (five epochs)",
+        "### Three modes with a longer budget (five epochs)",
         "",
         "Before the budget was cut to what all nine modes fit in, `soft`, `var-sample` and `hard-sample` were "
         "trained for five epochs (4,530 updates) with the same configuration and seed "
@@ -320,7 +438,7 @@ def iwslt_section(iwslt: dict) -> list[str]:
     lines = ["## Second real-data check: IWSLT'14", ""]
     if not iwslt:
         return lines + [
-            "Not run yet: `python experiments/iwslt_valid.py --data ../shared/data/iwslt14-de-en-valid-test` "
+            "Not run yet: `python experiments/iwslt_valid.py --data data/iwslt14` "
             "trains `soft` and the best variational mode of this study on the IWSLT'14 valid split and scores "
             "them on its test split. The full-scale recipe for a GPU (`varattn prepare iwslt14`, then one "
             "command per mode) is in [nmt.md](nmt.md#reproducing-the-papers-table-1-a-gpu).", ""]
@@ -328,8 +446,8 @@ def iwslt_section(iwslt: dict) -> list[str]:
     model, st = r.get("model") or {}, r["study"]
     lines += [
         "Only the IWSLT'14 valid and test splits are on this machine (the authors' files: lowercased, BPE "
-        "with 14,000 joint merges). `python experiments/iwslt_valid.py --data "
-        "../shared/data/iwslt14-de-en-valid-test` trains on the valid split less its last "
+        "with 14,000 joint merges; `varattn prepare iwslt14` builds the same layout from the public release, with "
+        "its own BPE codes). `python experiments/iwslt_valid.py --data DIR` trains on the valid split less its last "
         f"{st['dev_pairs']} pairs, which are held out for validation (learning-rate schedule, best checkpoint), "
         f"with this study's configuration ({model.get('src_vocab_size'):,} German and "
         f"{model.get('tgt_vocab_size'):,} English types from the training part) for {st['epochs']} epochs, then "
@@ -356,69 +474,245 @@ def iwslt_section(iwslt: dict) -> list[str]:
                     + "; BLEU over every test sentence. The paper trained on the 160K-pair train split.", ""]
 
 
-def build_report(results: dict, modes: list[str], img_dir: Path, docs_dir: Path, longer: dict | None = None,
-                 iwslt: dict | None = None) -> str:
-    curves = plot_curves(results, modes, img_dir / "multi30k_curves.png")
-    done = [m for m in modes if m in results]
-    missing = [m for m in modes if m not in results]
-    out = [
-        "# Results: every mode on real data (Multi30k de-en)",
+def converged_setup_lines(groups: dict[str, list[dict]]) -> list[str]:
+    """The converged study's data, model, budget and machine, from its results."""
+    r = next((g[0] for g in groups.values() if g), None)
+    if r is None:
+        return ["No mode has finished yet."]
+    cfg, model, study = r.get("config") or {}, r.get("model") or {}, r["study"]
+    sizes = ", ".join(f"{k} {model.get(k)}" for k in ("embed_dim", "encoder_hidden", "encoder_layers",
+                                                       "decoder_hidden", "attention_dim", "output_hidden",
+                                                       "inference_hidden") if k in model)
+    return [
+        f"- Data: Multi30k task 1, German to English, the lowercased Moses-tokenised files (29,000 training pairs, "
+        f"`val` 1,014 for validation; pairs over {cfg.get('max_len')} pieces dropped from train, 5 of them), joint "
+        f"BPE with {study['bpe_merges']} merges learned on the training split only (subword-nmt): "
+        f"{model.get('src_vocab_size')} German and {model.get('tgt_vocab_size')} English types.",
+        f"- Model (`experiments/multi30k.yaml`, the same for every mode): {sizes}; dropout "
+        f"{model.get('dropout')}; Adam {cfg.get('lr')}, batches of {cfg.get('batch_size')} sentences, clipping at "
+        f"{cfg.get('clip')}.",
+        f"- Budget (the paper's recipe): every mode trains epoch by epoch until its validation metric (exp(-ELBO) "
+        f"with an inference network, the exact perplexity otherwise) has not improved for {study['patience']} "
+        f"epochs, with a cap of {study['max_epochs']} epochs; the learning rate is halved after an epoch whose "
+        "validation is worse than the best of the earlier epochs (from epoch 2); the best validation checkpoint "
+        "is evaluated. `soft`, `var-sample` and `hard-sample` (the cheap modes and the paper's headline "
+        "comparison) have three seeds (1, 2, 3; the seed sets the initial weights, the batch order and the "
+        "samples), the other modes seed 1. Tables give the mean over seeds and, in brackets, the range.",
+        f"- Test: exact perplexity (importance-sampled for `var-relaxed`), ELBO perplexity, K-max perplexity "
+        f"(K = {study['topk']}), beam-{study['beam']} BLEU (Wu length penalty alpha 1, no `eos_norm`) against the "
+        "tokenised lowercased references (`tok`, like multi-bleu.perl -lc) and detokenised sacreBLEU, prior and "
+        "posterior alignment entropy in nats per target token (for `var-relaxed`: of the Dirichlets' means).",
+        f"- Machine: {r['machine'].get('cpu')}, {r['machine']['cores']} cores; two study lanes side by side, one "
+        "torch thread each, often with a third process (tests, other experiments): a mode's minutes are good to "
+        "a factor of about 2. The JSON of each run names the machine and the commit it ran from.",
+    ]
+
+
+def _status(groups: dict[str, list[dict]], modes: list[str], planned: dict[str, int]) -> str:
+    parts = []
+    for mode in modes:
+        done, want = len(groups.get(mode, [])), planned.get(mode, 1)
+        parts.append(f"`{mode}` {done}/{want}")
+    complete = all(len(groups.get(m, [])) >= planned.get(m, 1) for m in modes)
+    return ("**Status** (seeds finished / planned): " + ", ".join(parts) + "."
+            + ("" if complete else " Modes still missing seeds are being trained in later sessions; a missing row "
+               "is not a result."))
+
+
+def arrival_section(arrival: list[dict], img_dir: Path, docs_dir: Path) -> list[str]:
+    """The relaxed model around q's arrival, before and after the fix (experiments/relaxed_arrival.py)."""
+    lines = ["## The relaxed model when q comes in: before and after the fix", ""]
+    if not arrival:
+        return lines + ["Not measured yet: `python experiments/relaxed_arrival.py --task toy` (and `--task multi30k`).",
+                        ""]
+    lines += [
+        "`var-relaxed` first trains the prior alone on the Jensen bound (the warm-up), then brings in the "
+        "inference network q. **Before** (`concentration: exp`, q from the inference network alone): one score "
+        "set both the Dirichlet's mean and its precision; the warm-up drove the precision up, q arrived flat, "
+        "the KL jumped, and its gradient flattened the prior. **After** (the default now): `alpha = kappa * "
+        "softmax(s)` with the precision `kappa` from its own head bounded to [1, 100], and q's scores offsets "
+        "from the prior's, so that q starts at the prior. `python experiments/relaxed_arrival.py` trains both "
+        "on the toy task and on this study's Multi30k data and configuration and keeps the train records of "
+        "the 200 updates around q's arrival (means over 10 updates). Precision is the Dirichlet's total "
+        "concentration; entropies are of its mean, in nats.",
         "",
-        "<!-- generated by `python experiments/multi30k.py --report` from experiments/results/multi30k/*.json;"
+        *arrival_rows(arrival),
+        "",
+        "Largest KL per token over the window (a mean over 10 updates), and the validation perplexity just "
+        "before q came in and at the window's end: "
+        + "; ".join(f"{r['task']} {r['variant']}: {_short(max(rec.get('kl') or 0 for rec in r['window']))}"
+                    + _valid_change(r) for r in arrival) + ".",
+    ]
+    path = plot_arrival(arrival, img_dir / "relaxed_arrival.png")
+    if path:
+        lines += ["", f"![the relaxed model around q's arrival]({path.relative_to(docs_dir).as_posix()})"]
+    return lines + [""]
+
+
+def arrival_rows(arrival: list[dict]) -> list[str]:
+    """A markdown table: per task and parameterisation, the train records (means over ``log_every`` updates)
+    just before q comes in and about 10, 50 and 100 updates after (the first records wholly after)."""
+    lines = ["| task | parameterisation | updates after q's arrival | KL / token | prior precision | "
+             "prior mean entropy | q precision | q mean entropy |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in arrival:
+        warmup, every = r["warmup_steps"], r.get("log_every", 10)
+        before = [rec for rec in r["window"] if rec["step"] <= warmup]
+        after = [rec for rec in r["window"] if rec["step"] - every >= warmup]  # windows wholly after q came in
+        picks = before[-1:] + [next((rec for rec in after if rec["step"] - warmup >= k), None) for k in (10, 50)]
+        picks += after[-1:]
+        for rec in (p for p in picks if p is not None):
+            cells = [rec.get(k) for k in ("kl", "prior_precision", "prior_entropy", "posterior_precision",
+                                          "posterior_entropy")]
+            lines.append(f"| {r['task']} | {r['variant']} | {rec['step'] - warmup} | "
+                         + " | ".join(_short(c) for c in cells) + " |")
+    return lines
+
+
+def _valid_change(r: dict) -> str:
+    valid = [v for v in r.get("valid", []) if v.get("ppl") is not None]
+    before = [v for v in valid if v["step"] <= r["warmup_steps"] + 1]
+    if not before or valid[-1] is before[-1]:
+        return ""
+    return f" (validation PPL {before[-1]['ppl']:.1f} → {valid[-1]['ppl']:.1f})"
+
+
+def _short(x) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.2e}"
+
+
+def plot_arrival(arrival: list[dict], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in arrival})
+    keys = [("kl", "KL per token (nats)", True), ("prior_precision", "prior precision", True),
+            ("prior_entropy", "prior mean entropy (nats)", False)]
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(13, 3.4 * len(tasks)), squeeze=False)
+    for row, task in enumerate(tasks):
+        for r in (r for r in arrival if r["task"] == task):
+            steps = [rec["step"] - r["warmup_steps"] for rec in r["window"]]
+            for col, (key, label, log) in enumerate(keys):
+                ax = axes[row][col]
+                values = [rec.get(key) for rec in r["window"]]
+                pts = [(s, v) for s, v in zip(steps, values) if v is not None and (v > 0 or not log)]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=r["variant"])
+                ax.set_title(f"{task}: {label}", fontsize=9)
+                if log:
+                    ax.set_yscale("log")
+                ax.axvline(0, color="grey", lw=0.8)
+                ax.grid(True, alpha=0.3)
+                ax.set_xlabel("updates after q's arrival")
+        axes[row][0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def build_report(converged: dict[str, list[dict]], early: dict, modes: list[str], img_dir: Path, docs_dir: Path,
+                 planned: dict[str, int] | None = None, longer: dict | None = None, iwslt: dict | None = None,
+                 arrival: list[dict] | None = None, vqa: list[str] | None = None,
+                 progress: list[dict] | None = None) -> str:
+    """docs/results.md: the converged study first, then what the early-learning budget showed, IWSLT, VQA."""
+    curves = plot_converged_curves(converged, modes, img_dir / "multi30k_converged_curves.png", progress)
+    here = Path(__file__).resolve().parent / "results"
+    out = [
+        "# Results: every mode on real data (Multi30k de-en), at convergence",
+        "",
+        "<!-- generated by `python experiments/multi30k.py --report` from experiments/results/*/*.json;"
         " do not edit by hand -->",
         "",
-        "Every figure below comes from `python experiments/multi30k.py --data ../shared/data/multi30k`, which "
-        "trains each mode with one shared configuration, evaluates it on the Multi30k 2016 and 2017 Flickr "
-        "test sets and writes one small JSON file per mode to `experiments/results/multi30k/` (committed); this "
-        "page is rebuilt from those files (`--report`). The study resumes where it stopped: modes with a JSON "
-        "file are not run again, an interrupted one continues from the checkpoint in its run directory "
-        "(`--work`, default `runs/multi30k`, not committed; on a fresh checkout an unfinished mode starts "
-        "over). Run it with one thread per process (`--threads`, default 1) from a checkout that does not "
-        "change while it runs: every training segment and evaluation is a subprocess that imports the "
-        "checkout's code.",
+        "Every figure below comes from the study command, `python experiments/multi30k.py --data data/multi30k` "
+        "(after `varattn prepare multi30k data/multi30k`), which trains each mode with one shared configuration "
+        "until its validation stops improving, evaluates it on the Multi30k 2016 and 2017 Flickr test sets and "
+        "writes one small JSON file per mode and seed to `experiments/results/multi30k-converged/` (committed); "
+        "this page is rebuilt from those files (`--report`). The study resumes where it stopped: runs with a "
+        "JSON file are not run again, an interrupted one continues from the checkpoint in its run directory "
+        "(`--work`, not committed). `--modes soft:2 var-sample` picks runs (a mode alone means all its seeds), "
+        "so two lanes can share a machine.",
         "",
-        f"**Status**: finished {', '.join(f'`{m}`' for m in done) or 'none'}; "
-        + (f"still missing {', '.join(f'`{m}`' for m in missing)}." if missing else "all nine modes are in."),
+        _status(converged, modes, planned or {}),
         "",
+        *progress_lines(progress or []),
         "## Setup",
         "",
-        *setup_lines(results),
+        *converged_setup_lines(converged),
         "",
-        "Why equal epochs and not equal wall-clock: the paper trains every model with the same recipe (30 epochs, "
-        "best validation checkpoint), so its Table 1 compares objectives at a comparable number of updates, not "
-        "at equal compute. Under an equal wall-clock budget the enumerating modes (about ten times the cost of "
-        "`soft` per token here) would see a tenth of the data and the table would measure their speed, which "
-        "the learning curves below show separately. Early stopping saves time on modes that have converged and "
-        "is the same rule for all.",
+        "## Test results at convergence, beside the paper",
         "",
-        "## Test results beside the paper",
-        "",
-        "The paper's numbers are IWSLT'14 de-en (160K pairs, a model ten times larger, beam 10): the absolute "
-        "values are not comparable, the orderings are what this study checks. Entropies are in nats per target "
-        "token (the paper's units are not stated).",
+        "This table answers Table 1's question: which objective gives the better model when each is trained "
+        "until validation stops improving. The paper's numbers are IWSLT'14 de-en (160K pairs, a model ten "
+        "times larger, beam 10): the absolute values are not comparable, the orderings are what this study "
+        "checks.",
         "",
     ]
     for split in TESTS:
-        out += main_table(results, modes, split) + [""]
-    out += ["## Which of the paper's findings hold here", "", *claims_table(results, "test_2016_flickr"), ""]
-    out += ["The same checks on test_2017_flickr:", "", *claims_table(results, "test_2017_flickr"), ""]
-    discussion = Path(__file__).resolve().parent / "results" / "multi30k" / "discussion.md"
+        out += converged_table(converged, modes, split) + [""]
+    out += ["## Which of the paper's findings hold at convergence", "", *claims_lines(converged, TESTS[0]), "",
+            "The same checks on test_2017_flickr:", "", *claims_lines(converged, TESTS[1]), ""]
+    discussion = here / "multi30k-converged" / "discussion.md"
     if discussion.exists():
         out += [discussion.read_text(encoding="utf-8").strip(), ""]
-    out += ["## The relaxed model: estimator spread and sampled prediction", "", *relaxed_section(results), ""]
-    out += longer_section(longer or {}, results)
-    out += iwslt_section(iwslt or {})
     out += ["## Learning curves", ""]
     if curves:
-        out += [f"![validation perplexity against wall-clock time]({curves.relative_to(docs_dir).as_posix()})", "",
-                "Left: against training wall-clock time (including validation, one thread on a shared machine); "
-                "right: against epochs.", ""]
+        out += [f"![validation perplexity against updates and wall-clock time]"
+                f"({curves.relative_to(docs_dir).as_posix()})", "",
+                "Left: against updates; right: against training wall-clock time (validation included, one "
+                "thread on a shared machine). Every seed is drawn; the first seed of each mode is the darker "
+                "line.", ""]
+    out += arrival_section(arrival or [], img_dir, docs_dir)
+    relaxed = {m: g[0] for m, g in converged.items() if g}
+    if "var-relaxed" in relaxed:
+        out += ["## The relaxed model: estimator spread and sampled prediction", "", *relaxed_section(relaxed), ""]
+    out += early_section(early, modes, img_dir, docs_dir, longer or {})
+    out += iwslt_section(iwslt or {})
+    out += vqa or []
     out += ["## Alignments of real test pairs", "",
             "Prior `p(z | x, y<t)` (top) and posterior (bottom: the inference network `q(z | x, y)` where the mode "
-            "has one, otherwise the exact posterior `p(z | x, y<=t)`), BPE pieces, test_2016_flickr.", ""]
+            "has one, otherwise the exact posterior `p(z | x, y<=t)`), BPE pieces, test_2016_flickr, from the "
+            "converged models where they are in (seed 1), otherwise from the early-learning ones.", ""]
     for mode in HEATMAP_MODES:
-        if mode in results:
-            path = plot_alignments(results[mode], img_dir / f"multi30k_align_{mode}.png")
+        result = relaxed.get(mode) or early.get(mode)
+        if result:
+            path = plot_alignments(result, img_dir / f"multi30k_align_{mode}.png")
             if path:
-                out += [f"![{mode} alignments]({path.relative_to(docs_dir).as_posix()})", ""]
+                which = "converged" if mode in relaxed else "3 epochs"
+                out += [f"![{mode} alignments ({which})]({path.relative_to(docs_dir).as_posix()})", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def early_section(early: dict, modes: list[str], img_dir: Path, docs_dir: Path, longer: dict) -> list[str]:
+    """Issue 14's equal budget of 3 epochs: which objectives learn fastest per update."""
+    if not early:
+        return []
+    curves = plot_curves(early, modes, img_dir / "multi30k_curves.png")
+    out = [
+        "## Early learning speed: every mode after 3 epochs",
+        "",
+        "A different question from the table above: which objectives learn fastest per update. Every mode "
+        "had the same 2,718 updates (3 epochs), validated every half epoch, seed 1 "
+        "(`python experiments/multi30k.py --study early`, results in `experiments/results/multi30k/`). Every "
+        "learning curve was still falling steeply at the end, so this table ranks early progress, not "
+        "models.",
+        "",
+    ]
+    for split in TESTS:
+        out += main_table(early, modes, split) + [""]
+    out += ["Which of the paper's orderings the 3-epoch models show (test_2016_flickr):", "",
+            *claims_table(early, TESTS[0]), ""]
+    discussion = Path(__file__).resolve().parent / "results" / "multi30k" / "discussion.md"
+    if discussion.exists():
+        text = discussion.read_text(encoding="utf-8").strip()
+        out += [text.replace("### What reproduces, what does not, and why",
+                             "### What the 3-epoch budget showed, and why", 1), ""]
+    if curves:
+        out += [f"![3-epoch validation perplexity against wall-clock time]({curves.relative_to(docs_dir).as_posix()})",
+                "", "Left: against training wall-clock time; right: against epochs.", ""]
+    out += longer_section(longer, early)
+    return out

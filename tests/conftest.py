@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -48,6 +49,15 @@ def one_line_error(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
+
+
+def need(module: str, extra: str) -> ModuleType:
+    """Import ``module``, which the pip extra ``extra`` installs, or skip the calling test saying so.
+
+    The suite must run with ``pip install -e .[test]`` alone: a test (or the part of one) that needs
+    an extra calls this first, inside the test, so the module is never imported at collection.
+    """
+    return pytest.importorskip(module, reason=f"{module} is not installed (pip install 'varattn[{extra}]')")
 
 
 def train_tiny(path: Path, mode: str, steps: int, settings: list[str] = TINY, **flags) -> dict:

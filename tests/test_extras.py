@@ -14,6 +14,8 @@ from varattn.errors import VarattnError
 from varattn.extras import EXTRAS, optional_import, summary_writer
 from varattn.plot import plot_alignments, plot_metrics, read_metrics
 
+from conftest import need
+
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = [{"step": 1, "split": "train", "loss": 2.0}, {"step": 2, "split": "train", "loss": 1.5}]
 
@@ -70,6 +72,7 @@ def test_summary_writer_without_tensorboard(monkeypatch, tmp_path):
 
 
 def test_summary_writer_writes_events(tmp_path):
+    need("tensorboard", "tensorboard")
     writer = summary_writer(tmp_path / "tb")
     writer.add_scalar("train/loss", 1.0, 1)
     writer.close()

@@ -75,6 +75,8 @@ FORBIDDEN = [
     ("varattn.nmt", "varattn.vqa"),  # the tasks are independent
     ("varattn.vqa", "varattn.nmt"),
     ("varattn.nmt", "varattn.commands"),  # only the CLI imports the tasks, never the reverse
+    ("varattn.objective_options", "varattn.vqa"),  # the tasks' shared config helper sits below both
+    ("varattn.training", "varattn.objective_options"),  # ... and above the core
     ("varattn.data", "varattn.nmt"),  # utilities import no task
     ("varattn.plot", "varattn.vqa"),
     ("varattn.kernels", "varattn.latent"),  # kernels are torch only (and errors)
@@ -125,6 +127,8 @@ def test_allowed_imports_keep_contract(tmp_path):
         ("varattn.vqa", "varattn.training"),
         ("varattn.vqa", "varattn.latent"),
         ("varattn.vqa", "varattn.data"),
+        ("varattn.nmt", "varattn.objective_options"),
+        ("varattn.objective_options", "varattn.latent"),
         ("varattn.training", "varattn.checkpoint"),
         ("varattn.commands", "varattn.nmt"),
         ("varattn.commands", "varattn.vqa"),

@@ -1,14 +1,18 @@
-"""Tests for varattn.plot: PNG output of alignment heatmaps and training curves, metrics reading."""
+"""Tests for varattn.plot: PNG output of alignment heatmaps and training curves, metrics reading.
+
+matplotlib is the ``plot`` extra: the tests that draw skip without it (``need``); the checks that come
+before any drawing, and reading metrics, run either way.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+import warnings
 
-import matplotlib.image as mpimg
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -16,13 +20,20 @@ import torch
 from varattn.errors import VarattnError
 from varattn.plot import plot_alignments, plot_metrics, read_metrics
 
+from conftest import need
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _pyplot():
+    """matplotlib.pyplot, or skip the test: call it before anything is drawn."""
+    return need("matplotlib.pyplot", "plot")
 
 
 def _check_png(path, min_w=200, min_h=150, max_side=8000):
     assert path.exists()
     assert path.read_bytes()[:8] == PNG_MAGIC
-    img = mpimg.imread(path)
+    img = need("matplotlib.image", "plot").imread(path)
     h, w = img.shape[:2]
     assert min_w <= w <= max_side and min_h <= h <= max_side, (w, h)
     # not a blank canvas: some pixels differ from the background
@@ -33,6 +44,7 @@ def _check_png(path, min_w=200, min_h=150, max_side=8000):
 def test_matplotlib_imported_by_first_plot_on_agg(tmp_path):
     """Importing varattn.plot does not import matplotlib (an extra); the first plot selects Agg,
     even where the environment asks for another backend."""
+    need("matplotlib", "plot")
     script = (
         "import sys\n"
         "from varattn.plot import plot_metrics\n"
@@ -49,6 +61,7 @@ def test_matplotlib_imported_by_first_plot_on_agg(tmp_path):
 
 
 def test_plot_alignments_writes_png(tmp_path):
+    plt = _pyplot()
     rng = np.random.default_rng(0)
     src = ["das", "ist", "ein", "$5", "Haus", "."]
     tgt = ["this", "is", "a", "house", "."]
@@ -68,6 +81,7 @@ def test_plot_alignments_writes_png(tmp_path):
 
 
 def test_plot_alignments_thirty_tokens(tmp_path):
+    _pyplot()
     n = 30
     src = [f"s{k}" for k in range(n)] + ["a_very_long_source_token_indeed"]
     tgt = [f"\u2581t{k}" for k in range(n)]
@@ -83,7 +97,8 @@ def test_plot_alignments_shape_mismatch(tmp_path):
     with pytest.raises(VarattnError):
         plot_alignments({}, ["a"], ["x"], tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
-    assert not plt.get_fignums()
+    plt = sys.modules.get("matplotlib.pyplot")  # the checks come first, so this runs without matplotlib too
+    assert plt is None or not plt.get_fignums()
 
 
 def _records():
@@ -115,12 +130,14 @@ def _records():
 
 
 def test_plot_metrics_writes_png(tmp_path):
+    plt = _pyplot()
     out = plot_metrics(_records(), tmp_path / "curves.png")
     _check_png(out)
     assert not plt.get_fignums()
 
 
 def test_plot_metrics_panels_and_log_scale(tmp_path, monkeypatch):
+    plt = _pyplot()
     seen = {}
     real_close = plt.close
 
@@ -149,15 +166,19 @@ def test_plot_metrics_errors(tmp_path):
         plot_metrics([{"step": 1, "split": "train", "note": "x"}], tmp_path / "m.png")
 
 
-def test_read_metrics_skips_truncated_last_line(tmp_path):
+def test_read_metrics_skips_truncated_last_line(tmp_path, caplog):
     path = tmp_path / "metrics.jsonl"
     recs = _records()[:4]
     text = "".join(json.dumps(r) + "\n" for r in recs)
     path.write_text(text + '{"step": 50, "split": "tr', encoding="utf-8")
-    with pytest.warns(UserWarning, match="truncated"):
-        got = read_metrics(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a logged warning (issue 24), not a Python warning
+        with caplog.at_level(logging.WARNING, logger="varattn"):
+            got = read_metrics(path)
+    assert "metrics.jsonl:5: skipping the truncated last line" in caplog.text
     assert got == recs
     # and plots fine from the file
+    _pyplot()
     _check_png(plot_metrics(got, tmp_path / "m.png"))
 
 

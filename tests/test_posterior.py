@@ -1,11 +1,10 @@
 """Tests for posterior inference: varattn.nmt.posterior, TrainedModel.align, ``varattn align``,
-``varattn plot`` and ``varattn plot-metrics``."""
+``varattn plot`` and ``varattn plot-metrics`` (these two skip without matplotlib, the ``plot`` extra)."""
 
 from __future__ import annotations
 
 import json
 
-import matplotlib.image as mpimg
 import pytest
 import torch
 
@@ -14,6 +13,8 @@ from varattn.cli import main
 from varattn.errors import VarattnError
 from varattn.nmt.posterior import alignment_matrices, has_posterior, modes_with_posterior
 from varattn.nmt.run import load_run
+
+from conftest import need
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -132,9 +133,14 @@ def test_relaxed_posterior_is_the_dirichlet_mean(runs, pairs):
     batch = collate([trained.encode_src(src[0])], [trained.encode_tgt(tgt[0])], [0])
     with torch.no_grad():
         problem = trained.model.problem(batch, with_posterior=True)
-    for name, scores in (("posterior", problem.posterior_scores), ("prior", problem.prior_scores)):
-        alpha = relaxed_concentration(scores[0, :-1], trained.objective.transform)
-        torch.testing.assert_close(m[name], alpha / alpha.sum(-1, keepdim=True), atol=1e-6, rtol=1e-5)
+    objective = trained.objective
+    assert objective.posterior_residual  # q's scores and precision are offsets from the prior's
+    expected = {"prior": (problem.prior_scores, problem.prior_precision),
+                "posterior": (problem.prior_scores + problem.posterior_scores,
+                              problem.prior_precision + problem.posterior_precision)}
+    for name, (scores, precision) in expected.items():
+        alpha = relaxed_concentration(scores[0, :-1], objective.transform, precision[0, :-1], objective.bounds)
+        torch.testing.assert_close(m[name], torch.distributions.Dirichlet(alpha).mean, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(m["exact"].sum(-1), torch.ones(len(tgt[0].split())), atol=1e-5, rtol=0)
 
 
@@ -284,12 +290,13 @@ def test_cli_align_user_errors(runs, pairs, tmp_path, capsys):
 
 def check_png(path, min_w=200, min_h=100):
     assert path.read_bytes()[:8] == PNG_MAGIC
-    img = mpimg.imread(path)
+    img = need("matplotlib.image", "plot").imread(path)
     assert img.shape[1] >= min_w and img.shape[0] >= min_h
     assert float(img[..., :3].std()) > 0.01  # not blank
 
 
 def test_cli_plot(runs, pairs, tmp_path, capsys):
+    mpimg = need("matplotlib.image", "plot")
     src, tgt, _ = pairs
     for mode in ("var-enum", "soft"):
         out = tmp_path / f"{mode}.png"
@@ -302,6 +309,7 @@ def test_cli_plot(runs, pairs, tmp_path, capsys):
 
 
 def test_cli_plot_metrics(runs, tmp_path, capsys):
+    mpimg = need("matplotlib.image", "plot")
     out = tmp_path / "curves.png"
     assert main(["plot-metrics", str(runs["var-enum"]), "-o", str(out)]) == 0
     check_png(out)

@@ -94,8 +94,8 @@ def _crash_at(trainer: Trainer, step: int) -> None:
 
 @pytest.mark.parametrize("mode", ["var-sample", "hard-sample", "var-enum"])
 def test_stop_crash_and_resume_equal_one_uninterrupted_run(tmp_path, monkeypatch, mode):
-    # Every validation after the first counts as "worse", so the learning rate halves at steps 16 and 24:
-    # the schedule's state must survive the resume as well.
+    # Every validation after the first counts as "worse", so the learning rate halves at the epoch ends of
+    # steps 16 and 24 (not at 26, a mid-epoch validation): the schedule's state must survive the resume as well.
     monkeypatch.setattr(task_module, "valid_metric", lambda result: 1.0)
     extra = ["model.dropout=0.1", "save_every=3", "log_every=2", "decay_start_epoch=1"]
     steps = 26  # 8 updates per epoch: validations at 8, 16, 24 and 26
@@ -121,7 +121,7 @@ def test_stop_crash_and_resume_equal_one_uninterrupted_run(tmp_path, monkeypatch
 
     _assert_same_runs(tmp_path / "straight", split)
     records = _records(split)
-    assert [r["lr"] for r in records if r["split"] == "valid"] == pytest.approx([3e-3, 1.5e-3, 7.5e-4, 3.75e-4])
+    assert [r["lr"] for r in records if r["split"] == "valid"] == pytest.approx([3e-3, 1.5e-3, 7.5e-4, 7.5e-4])
     assert [r["step"] for r in records if r["split"] == "train"] == list(range(2, 27, 2))
 
 

@@ -18,6 +18,8 @@ from varattn.vqa.data import FeatureSource
 from varattn.vqa.features import open_features
 from varattn.vqa.text import Vocab
 
+from conftest import need
+
 DIM = 8
 #: image id -> number of regions: fewer than the maximum (5) for some
 REGIONS = {101: 5, 102: 2, 103: 3, 104: 1}
@@ -31,7 +33,7 @@ def _features(seed=0, dim=DIM):
 
 
 def write_h5(path, dim=DIM):
-    h5py = pytest.importorskip("h5py")
+    h5py = need("h5py", "vqa")
 
     feats, boxes = _features(dim=dim)
     ids = sorted(feats)
@@ -50,7 +52,7 @@ def write_h5(path, dim=DIM):
 
 def write_flat_h5(path):
     """hengyuan-hu's adaptive layout: flat features, pos_boxes spans, ids in a JSON sidecar."""
-    h5py = pytest.importorskip("h5py")
+    h5py = need("h5py", "vqa")
 
     feats, _ = _features()
     ids = sorted(feats)
@@ -114,7 +116,7 @@ def test_wrong_feature_width_is_one_error(tmp_path, layout):
 
 
 def test_pickled_sidecar_is_refused(tmp_path):
-    h5py = pytest.importorskip("h5py")
+    h5py = need("h5py", "vqa")
 
     with h5py.File(tmp_path / "train36.hdf5", "w") as f:
         f["image_features"] = np.zeros((1, 2, DIM), np.float32)
@@ -194,7 +196,7 @@ def test_train_and_evaluate_on_generated_features(tmp_path, capsys):
 
 
 def test_fewer_regions_than_the_maximum_train_without_nan(tmp_path):
-    h5py = pytest.importorskip("h5py")
+    h5py = need("h5py", "vqa")
 
     write_h5(tmp_path / "f.h5")
     with h5py.File(tmp_path / "f.h5") as f:

@@ -1,4 +1,8 @@
-"""Every mode trains a few steps on a slice of easy-VQA and reloads with identical evaluation numbers."""
+"""Every mode trains a few steps on a slice of easy-VQA and reloads with identical evaluation numbers.
+
+The whole module needs the ``vqa`` extra (easy-vqa, pillow) and skips without it; drawing the regions
+needs the ``plot`` extra too.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,16 @@ import json
 
 import pytest
 
-pytest.importorskip("easy_vqa")
+from varattn.cli import main
+from varattn.latent import mode_names
+from varattn.vqa.config import load_config
+from varattn.vqa.run import load_run
+from varattn.vqa.train import train
 
-from varattn.cli import main  # noqa: E402
-from varattn.latent import mode_names  # noqa: E402
-from varattn.vqa.config import load_config  # noqa: E402
-from varattn.vqa.run import load_run  # noqa: E402
-from varattn.vqa.train import train  # noqa: E402
+from conftest import need
+
+need("easy_vqa", "vqa")
+need("PIL", "vqa")
 
 TINY = ["data.limit_train=160", "data.valid_images=4", "data.limit_test=30", "model.cnn_channels=[4, 4, 8]",
         "model.embed_dim=8", "model.question_hidden=8", "model.attention_dim=8", "model.output_hidden=16",
@@ -78,16 +85,19 @@ def test_cli_default_config_pieces(tmp_path, capsys):
     from PIL import Image
 
     Image.fromarray(image).save(tmp_path / "img.png")
-    assert main(["vqa", "plot", str(run), "--image", str(tmp_path / "img.png"), "--question", "what shape is it?",
-                 "-o", str(out), "--device", "cpu"]) == 0
-    assert out.stat().st_size > 0
+    capsys.readouterr()
     assert main(["vqa", "answer", str(run), "--image", str(tmp_path / "img.png"), "--question", "is it red?",
                  "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 6 and lines[-5].split("\t")[1]  # "wrote ..." then five "prob<TAB>answer" lines
+    assert len(lines) == 5 and lines[0].split("\t")[1]  # five "prob<TAB>answer" lines
     import varattn
 
     assert type(varattn.load(run, device="cpu")).__name__ == "TrainedVQA"
+    need("matplotlib", "plot")  # drawing the regions: last, as only it needs the plot extra
+    assert main(["vqa", "plot", str(run), "--image", str(tmp_path / "img.png"), "--question", "what shape is it?",
+                 "-o", str(out), "--device", "cpu"]) == 0
+    assert out.stat().st_size > 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1  # "wrote ..."
 
 
 def test_resume_continues_exactly(tmp_path):

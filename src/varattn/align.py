@@ -138,6 +138,24 @@ def read_gold_file(path: str | os.PathLike[str], fmt: str) -> list[Gold]:
     return golds
 
 
+def check_gold_sizes(golds: Sequence[Gold], sizes: Sequence[tuple[int, int]], path: str | os.PathLike[str],
+                     fmt: str) -> None:
+    """Every gold link lies inside its sentence pair: ``sizes[k]`` is ``(source words, target words)`` of pair k.
+
+    A link outside (``99-99`` in a 5-word pair) raises :class:`VarattnError` naming the file, the 1-based
+    line and the link as written in ``fmt``.
+    """
+    base = 1 if fmt == "talp" else 0
+    for lineno, ((_, possible), (n_src, n_tgt)) in enumerate(zip(golds, sizes), start=1):
+        outside = sorted((i, j) for i, j in possible if i >= n_src or j >= n_tgt)
+        if outside:
+            i, j = outside[0]
+            raise VarattnError(
+                f"{os.fspath(path)}:{lineno}: gold link {i + base}-{j + base} lies outside its sentence pair "
+                f"({n_src} source and {n_tgt} target words); is it the gold file of these sentences?"
+            )
+
+
 # --------------------------------------------------------------------------- formatting
 
 

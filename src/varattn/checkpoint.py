@@ -32,6 +32,7 @@ pickles (or ``torch.save`` zip archives) are refused with a :class:`~varattn.err
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -69,6 +70,8 @@ WEIGHTS_NAME = "weights.safetensors"
 META_NAME = "meta.json"
 
 _CHUNK = 1 << 20
+#: how often a reader or writer tries again when the other swaps the checkpoint under it
+_SWAP_TRIES = 5
 _PICKLE_REFUSED = (
     "{path} looks like a pickled PyTorch checkpoint (torch.save / pickle); pickled checkpoints are "
     "refused for safety because loading them can run arbitrary code -- save checkpoints with "
@@ -92,6 +95,13 @@ def _fsync_dir(directory: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_file(path: str | os.PathLike[str]) -> None:
@@ -328,6 +338,7 @@ def save_checkpoint(
         tmp.mkdir()
         weights = tmp / WEIGHTS_NAME
         _st_save_file(prepared, str(weights))
+        os.chmod(weights, 0o666 & ~_umask())  # safetensors creates it 0600; follow the umask like every other file
         _fsync_file(weights)
         sha, size = _sha256_file(weights)
         record = {
@@ -345,13 +356,7 @@ def save_checkpoint(
         _fsync_dir(tmp)
         _fsync_dir(parent)
 
-        if directory.is_dir():
-            if os.path.lexists(backup):
-                shutil.rmtree(backup)  # stale: `directory` is complete, so this one is not needed
-            os.rename(directory, backup)
-            _fsync_dir(parent)
-        os.rename(tmp, directory)
-        _fsync_dir(parent)
+        _swap_in(tmp, directory, backup)
     except OSError as exc:
         with contextlib.suppress(OSError):
             if tmp.is_dir():
@@ -368,6 +373,64 @@ def save_checkpoint(
             shutil.rmtree(backup)
             _fsync_dir(parent)
     return directory
+
+
+def _swap_in(tmp: Path, directory: Path, backup: Path) -> None:
+    """``directory`` -> ``backup``, ``tmp`` -> ``directory``.
+
+    A reader that finds only the backup between the two renames puts it back (:func:`recover`); then the
+    second rename fails because ``directory`` exists again, and the swap is simply done once more.
+    """
+    for attempt in range(_SWAP_TRIES):
+        if directory.is_dir():
+            if os.path.lexists(backup):
+                shutil.rmtree(backup)  # stale: `directory` is complete, so this one is not needed
+            os.rename(directory, backup)
+            _fsync_dir(directory.parent)
+        try:
+            os.rename(tmp, directory)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and attempt + 1 < _SWAP_TRIES:
+                continue  # a reader restored the backup meanwhile
+            raise
+        _fsync_dir(directory.parent)
+        return
+
+
+def _open_or_none(path: Path):
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except FileNotFoundError:
+        return None
+
+
+def _open_files(directory: Path):
+    """``(where, weights handle, meta handle)`` of one and the same version of a checkpoint.
+
+    A writer may swap a new version in at any moment; the two files are opened between two looks at the
+    directory, and again if it changed in between. Open files stay readable whatever the writer renames
+    or deletes afterwards. A handle is None where its file is missing; ``where`` is None without a checkpoint.
+    """
+    for _ in range(_SWAP_TRIES):
+        where = directory if directory.is_dir() else recover(directory)
+        if where is None:
+            return None, None, None
+        try:
+            before = os.stat(where).st_ino
+        except FileNotFoundError:
+            continue
+        weights = _open_or_none(where / WEIGHTS_NAME)
+        meta = _open_or_none(where / META_NAME)
+        try:
+            same = os.stat(where).st_ino == before
+        except FileNotFoundError:
+            same = False
+        if same:
+            return where, weights, meta
+        for handle in (weights, meta):
+            if handle is not None:
+                handle.close()
+    raise VarattnError(f"checkpoint {directory} kept changing while it was read; try again")
 
 
 def _looks_pickled(head: bytes) -> bool:
@@ -409,17 +472,31 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> tuple[dict[str, torch.
         raise VarattnError(
             f"{directory} is a file; a varattn checkpoint is a directory with {WEIGHTS_NAME} and {META_NAME}"
         )
-    where = directory if directory.is_dir() else recover(directory)
+    try:
+        where, weights_file, meta_file = _open_files(directory)
+    except IsADirectoryError as exc:
+        raise VarattnError(f"checkpoint {directory} is corrupted ({Path(exc.filename).name} is a directory)") from exc
+    except OSError as exc:
+        raise VarattnError(f"cannot read {exc.filename}: {exc.strerror or exc}") from exc
     if where is None:
         raise VarattnError(f"no checkpoint at {directory}")
+    with contextlib.ExitStack() as stack:
+        for handle in (weights_file, meta_file):
+            if handle is not None:
+                stack.enter_context(handle)
+        return _read_checkpoint(directory, where, weights_file, meta_file)
+
+
+def _read_checkpoint(directory: Path, where: Path, weights_file, meta_file) -> tuple[dict[str, torch.Tensor], dict]:
+    """The checks and parsing of :func:`load_checkpoint`, from the opened files."""
     weights = where / WEIGHTS_NAME
     meta_path = where / META_NAME
 
     # The pickle check comes before anything else reads the weights.
+    if weights_file is None:
+        raise VarattnError(f"no checkpoint at {directory} (missing {WEIGHTS_NAME})")
     try:
-        head = _read_head(weights)
-    except FileNotFoundError as exc:
-        raise VarattnError(f"no checkpoint at {directory} (missing {WEIGHTS_NAME})") from exc
+        head = weights_file.read(9)
     except IsADirectoryError as exc:
         raise VarattnError(f"checkpoint {directory} is corrupted ({WEIGHTS_NAME} is a directory)") from exc
     except OSError as exc:
@@ -427,10 +504,10 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> tuple[dict[str, torch.
     if _looks_pickled(head):
         raise VarattnError(_PICKLE_REFUSED.format(path=weights))
 
-    if not meta_path.is_file():
+    if meta_file is None or not meta_path.is_file():
         raise VarattnError(f"no checkpoint at {directory} (missing {META_NAME})")
     try:
-        raw_meta = meta_path.read_bytes()
+        raw_meta = meta_file.read()
     except OSError as exc:
         raise VarattnError(f"cannot read {meta_path}: {exc.strerror or exc}") from exc
     record = _parse_json(raw_meta, meta_path)
@@ -444,7 +521,8 @@ def load_checkpoint(directory: str | os.PathLike[str]) -> tuple[dict[str, torch.
         raise VarattnError(f"checkpoint {directory} is corrupted ({META_NAME} lacks weights_sha256/meta)")
 
     try:
-        data = weights.read_bytes()
+        weights_file.seek(0)
+        data = weights_file.read()
     except OSError as exc:
         raise VarattnError(f"cannot read {weights}: {exc.strerror or exc}") from exc
     if len(data) != expected_size:
@@ -670,7 +748,11 @@ def load_weights(model: torch.nn.Module, directory: str | os.PathLike[str]) -> d
     anything else is a one-line :class:`VarattnError` saying the checkpoint does not fit its run.
     """
     tensors, meta = load_checkpoint(directory)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), type(exc).__name__)
+        raise VarattnError(f"checkpoint {directory} does not match its run.json ({first})") from None
     if missing or unexpected:
         raise VarattnError(f"checkpoint {directory} does not match its run.json "
                            f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")

@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 
+from varattn import __version__
 from varattn.errors import VarattnError
 
 #: the subcommands, in the order ``varattn --help`` lists them
@@ -33,6 +34,7 @@ COMMAND_MODULES = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="varattn", description="Latent alignment and variational attention.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"varattn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

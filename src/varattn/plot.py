@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +24,8 @@ import numpy as np
 from varattn.align import as_2d_array
 from varattn.errors import VarattnError
 from varattn.extras import optional_import
+
+log = logging.getLogger("varattn")
 
 DPI = 120
 _MAX_LABEL_CHARS = 18
@@ -45,10 +47,15 @@ def _label(token: str) -> str:
     return token.replace("$", r"\$")
 
 
-def _prepare_path(path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p
+def _save(fig, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (its folder created); a path that cannot be written is one line."""
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=DPI, format="png")
+    except OSError as exc:
+        raise VarattnError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out
 
 
 def plot_alignments(
@@ -106,8 +113,7 @@ def plot_alignments(
         fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="p(z | target position)")
         if title:
             fig.suptitle(title, fontsize=fontsize + 3)
-        out = _prepare_path(path)
-        fig.savefig(out, dpi=DPI, format="png")
+        out = _save(fig, path)
     finally:
         plt.close(fig)
     return out
@@ -175,8 +181,7 @@ def plot_metrics(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
                 ax.legend(fontsize=7)
         for ax in flat[n:]:
             ax.set_visible(False)
-        out = _prepare_path(path)
-        fig.savefig(out, dpi=DPI, format="png")
+        out = _save(fig, path)
     finally:
         plt.close(fig)
     return out
@@ -186,8 +191,8 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a JSON-lines metrics file into a list of dicts (one per non-blank line).
 
     A last line that is not a complete JSON object (a crash while writing can leave one) is
-    skipped with a warning.  A bad line anywhere else raises :class:`VarattnError` naming the
-    file and the 1-based line number; so does a missing file.
+    skipped with a logged warning (the ``varattn`` logger).  A bad line anywhere else raises
+    :class:`VarattnError` naming the file and the 1-based line number; so does a missing file.
     """
     try:
         with open(path, encoding="utf-8") as f:
@@ -203,9 +208,7 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
             if pos == len(numbered) - 1:
-                warnings.warn(
-                    f"{os.fspath(path)}:{lineno}: skipping truncated last line ({exc})", stacklevel=2
-                )
+                log.warning("%s:%d: skipping the truncated last line (%s)", os.fspath(path), lineno, exc)
                 break
             raise VarattnError(f"{os.fspath(path)}:{lineno}: corrupted metrics line: {exc}") from exc
         records.append(rec)

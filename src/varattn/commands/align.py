@@ -20,6 +20,7 @@ import sys
 from varattn.align import Link
 from varattn.commands.common import (
     STDIO,
+    UnknownTokens,
     add_corpus_arguments,
     add_run_arguments,
     check_batch_size,
@@ -66,7 +67,7 @@ def _resolve_files(args, trained) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from varattn.align import alignment_error_rate, read_gold_file
+    from varattn.align import alignment_error_rate, check_gold_sizes, read_gold_file
     from varattn.nmt.posterior import check_methods, check_threshold
 
     check_batch_size(args.batch_size)
@@ -90,11 +91,12 @@ def run(args: argparse.Namespace) -> int:
         if golds is not None and len(golds) != len(src):
             raise VarattnError(f"sentence counts differ: {args.gold} has {len(golds)} gold alignments but "
                                f"{src_name} and {tgt_name} have {len(src)} lines")
-    hyps = _write_alignments(args, trained, src, tgt, src_name, tgt_name, golds is not None)
+    hyps, sizes = _write_alignments(args, trained, src, tgt, src_name, tgt_name, golds is not None)
     if golds is not None:
         if len(golds) != len(hyps):
             raise VarattnError(f"sentence counts differ: {args.gold} has {len(golds)} gold alignments but the input "
                                f"had {len(hyps)} sentence pairs")
+        check_gold_sizes(golds, sizes, args.gold, args.gold_format)
         result = alignment_error_rate(hyps, golds)
         result.update({"sentences": len(hyps), "method": args.method})
         print(json.dumps(result), file=sys.stderr if writes_to_stdout(args.output) else sys.stdout)
@@ -102,19 +104,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_alignments(args, trained, src, tgt, src_name: str, tgt_name: str,
-                      keep: bool) -> list[set[Link]]:
-    """Align in batches, writing and flushing each batch's lines; returns the links if ``keep``."""
+                      keep: bool) -> tuple[list[set[Link]], list[tuple[int, int]]]:
+    """Align in batches, writing and flushing each batch's lines; returns the links and the word counts of
+    every pair if ``keep``."""
     from varattn.align import format_pharaoh
 
     hyps: list[set[Link]] = []
+    sizes: list[tuple[int, int]] = []
+    unknown = UnknownTokens()
     with output_stream(args.output) as out:
         done = 0
         for chunk in chunks(paired(src, tgt, src_name, tgt_name), args.batch_size):
             results = trained.align([s for s, _ in chunk], [t for _, t in chunk], method=args.method,
                                     threshold=args.threshold, batch_size=args.batch_size)
             for res in results:
+                src_unknown = unknown.add("source", trained.unknown(res["src_pieces"], "src"), len(res["src_pieces"]),
+                                          done + 1)
+                tgt_unknown = unknown.add("target", trained.unknown(res["tgt_pieces"], "tgt"), len(res["tgt_pieces"]),
+                                          done + 1)
                 if keep:
                     hyps.append(res["links"])
+                    sizes.append((len(res["src_words"]), len(res["tgt_words"])))
                 if args.json:
                     record = {
                         "index": done,
@@ -125,13 +135,16 @@ def _write_alignments(args, trained, src, tgt, src_name: str, tgt_name: str,
                         "src_tokens": res["src_pieces"],
                         "tgt_tokens": res["tgt_pieces"],
                         "matrix": _rows(res["matrix"]),
+                        "src_unknown": src_unknown,
+                        "tgt_unknown": tgt_unknown,
                     }
                     out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 else:
                     out.write(format_pharaoh(res["links"]) + "\n")
                 done += 1
             out.flush()
-    return hyps
+    unknown.report()
+    return hyps, sizes
 
 
 def register(sub) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,7 @@ from typing import IO, TypeVar
 from varattn.errors import VarattnError
 
 Item = TypeVar("Item")
+log = logging.getLogger("varattn")
 
 #: how ``--input``/``--src``/``--tgt``/``--hyp``/``--output`` name the standard streams
 STDIO = "-"
@@ -49,6 +51,34 @@ def open_run(args: argparse.Namespace):
     from varattn.nmt.run import load_run
 
     return load_run(args.run_dir, args.checkpoint, args.device)
+
+
+class UnknownTokens:
+    """Counts the input tokens a model does not know (read as ``<unk>``) and says so on stderr.
+
+    :meth:`add` counts one line's side and warns about a side that is all unknown; :meth:`report` ends the
+    command with one line on the totals, if there were any.
+    """
+
+    def __init__(self) -> None:
+        self.unknown: dict[str, int] = {}
+        self.total: dict[str, int] = {}
+        self.lines: dict[str, int] = {}
+
+    def add(self, side: str, unknown: int, total: int, line: int) -> int:
+        self.unknown[side] = self.unknown.get(side, 0) + unknown
+        self.total[side] = self.total.get(side, 0) + total
+        self.lines[side] = self.lines.get(side, 0) + (unknown > 0)
+        if total and unknown == total:
+            log.warning("line %d: all %d %s tokens are unknown to the model (read as <unk>): its output is a guess",
+                        line, total, side)
+        return unknown
+
+    def report(self) -> None:
+        for side, unknown in self.unknown.items():
+            if unknown:
+                log.warning("%d of %d %s tokens (on %d lines) were unknown to the model and read as <unk>", unknown,
+                            self.total[side], side, self.lines[side])
 
 
 def chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:

@@ -76,7 +76,7 @@ def skipped_line(skipped: dict, total: int) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from varattn.nmt.batching import collate, index_batches
-    from varattn.nmt.evaluate import evaluate
+    from varattn.nmt.evaluate import evaluate, perplexity_name
 
     check_batch_size(args.batch_size)
     trained = open_run(args)
@@ -104,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"mode {trained.mode} | {result['sentences']} sentences, {result['tokens']} tokens")
-    label = "sampled perplexity   " if result.get("importance_samples") else "exact perplexity     "
-    print(f"{label} {result['ppl']:.4f}")
+    print(f"{perplexity_name(result)} {result['ppl']:.4f}")
     if result.get("elbo_ppl") is not None:
         print(f"ELBO perplexity       {result['elbo_ppl']:.4f}")
     if "kmax_ppl" in result:
@@ -114,8 +113,6 @@ def run(args: argparse.Namespace) -> int:
     if result.get("posterior_entropy") is not None:
         print(f"posterior entropy     {result['posterior_entropy']:.4f}")
     print(f"token accuracy        {result['accuracy']:.4f}")
-    if result.get("importance_samples"):
-        print(f"(importance-sampled with {result['importance_samples']} samples per token)")
     line = skipped_line(skipped, len(src))
     if line:
         print(line)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from varattn.commands.common import add_run_arguments, open_run
+from varattn.commands.common import UnknownTokens, add_run_arguments, open_run
 from varattn.errors import VarattnError
 
 PANEL_NAMES = {
@@ -35,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
     tgt_tokens = trained.tgt_seg.tokenize(args.tgt)
     if not src_tokens or not tgt_tokens:
         raise VarattnError("plot needs a non-empty source and target sentence")
+    unknown = UnknownTokens()
+    unknown.add("source", trained.unknown(src_tokens, "src"), len(src_tokens), 1)
+    unknown.add("target", trained.unknown(tgt_tokens, "tgt"), len(tgt_tokens), 1)
+    unknown.report()
     methods = ["prior", "posterior", "exact"] if has_posterior(trained) else ["prior", "exact"]
     mats = alignment_matrices(trained, [args.src], [args.tgt], methods)[0]
     title = args.title if args.title is not None else f"{trained.mode} ({Path(args.run_dir).name})"

@@ -44,9 +44,8 @@ def register(sub) -> None:
 
 
 def _resumed_config(args: argparse.Namespace):
-    from varattn.checkpoint import load_json
     from varattn.nmt.config import TrainConfig
-    from varattn.nmt.run import RUN_FILE
+    from varattn.training.run_info import RUN_FILE, parse_section, read_run_info
 
     run_dir = Path(args.resume)
     if not (run_dir / RUN_FILE).is_file():
@@ -59,7 +58,8 @@ def _resumed_config(args: argparse.Namespace):
         raise VarattnError(f"--resume continues the run as configured in {run_dir / RUN_FILE}; "
                            f"drop {', '.join(given)} (only --max-steps, --epochs, --max-minutes, --threads and "
                            "--device change)")
-    cfg = TrainConfig.from_dict(load_json(run_dir / RUN_FILE)["config"])
+    info = read_run_info(run_dir, "nmt")
+    cfg = parse_section(run_dir, "config", lambda: TrainConfig.from_dict(info["config"]))
     for key in RESUMABLE:
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
@@ -77,7 +77,21 @@ def _new_config(args: argparse.Namespace):
         "device": args.device,
     }
     cfg = load_config(args.config, overrides, args.set)
+    if args.src_lang is None and args.tgt_lang is None:
+        _use_toy_data_suffixes(cfg)
     return cfg, Path(args.out or f"runs/{cfg.mode}")
+
+
+def _use_toy_data_suffixes(cfg) -> None:
+    """Corpora written by ``varattn toy-data`` end in ``.src``/``.tgt``: read those when the languages were not
+    named and the config's ``PREFIX.SRC_LANG`` files do not exist."""
+    prefixes = [p for p in (cfg.train, cfg.valid) if p is not None]
+    if not prefixes or any(Path(f"{p}.{cfg.src_lang}").exists() for p in prefixes):
+        return
+    if all(Path(f"{p}.src").is_file() and Path(f"{p}.tgt").is_file() for p in prefixes):
+        log.info("reading %s (the .src/.tgt files of varattn toy-data; --src-lang/--tgt-lang choose others)",
+                 ", ".join(f"{p}.src/.tgt" for p in prefixes))
+        cfg.src_lang, cfg.tgt_lang = "src", "tgt"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, run_dir, resume=bool(args.resume), progress=None if not args.no_progress else False,
                    tensorboard=not args.no_tensorboard)
     elbo = f" | ELBO perplexity {result['elbo_ppl']:.3f}" if result.get("elbo_ppl") is not None else ""
-    print(f"{cfg.mode}: step {result['step']} | exact perplexity {result['ppl']:.3f}{elbo} | "
+    from varattn.nmt.evaluate import perplexity_name
+
+    print(f"{cfg.mode}: step {result['step']} | {perplexity_name(result)} {result['ppl']:.3f}{elbo} | "
           f"token accuracy {result['accuracy']:.3f} | {result['tokens']} validation tokens | run: {run_dir}")
     return 0

@@ -13,6 +13,7 @@ import sys
 
 from varattn.align import Link
 from varattn.commands.common import (
+    UnknownTokens,
     add_run_arguments,
     check_batch_size,
     chunks,
@@ -104,12 +105,14 @@ def run(args: argparse.Namespace) -> int:
 
         torch.manual_seed(args.seed)
     hyps: list[str] = []
+    unknown = UnknownTokens()
     with streamed_input(args.input) as lines, output_stream(args.output) as out:
         done = 0
         for chunk in chunks(lines, args.batch_size):
             results = trained.translate(chunk, options, batch_size=args.batch_size, max_src_len=args.max_src_len,
                                         line_offset=done)
-            for res in results:
+            for k, res in enumerate(results):
+                unknown.add("source", trained.unknown(res.src_tokens), len(res.src_tokens), done + k + 1)
                 text = trained.tgt_seg.detokenize(res.tokens, keep_bpe=True) if args.keep_bpe else res.text
                 if refs is not None:
                     hyps.append(res.text)
@@ -119,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
                 out.write(text + "\n")
             out.flush()
             done += len(chunk)
+    unknown.report()
     if refs is not None:
         from varattn.bleu import format_bleu
 

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace):
-    from varattn.checkpoint import load_json
+    from varattn.training.run_info import parse_section, read_run_info
     from varattn.vqa.config import VQAConfig, load_config
 
     if args.resume:
@@ -101,14 +101,12 @@ def _config(args: argparse.Namespace):
             raise VarattnError(f"--resume continues the run as configured in {run_dir / 'run.json'}; drop "
                                f"{', '.join(given)} (only --max-steps, --epochs, --max-minutes, --threads and --device "
                                "change)")
-        info = load_json(run_dir / "run.json")
-        if info.get("task") != "vqa":
-            raise VarattnError(f"{run_dir} is not a VQA run; resume it with varattn train --resume")
+        info = read_run_info(run_dir, "vqa")
         d = info["config"]
         for key in RESUMABLE:
             if getattr(args, key) is not None:
                 d[key] = getattr(args, key)
-        return VQAConfig.from_dict(d), run_dir
+        return parse_section(run_dir, "config", lambda: VQAConfig.from_dict(d)), run_dir
     overrides = {"mode": args.mode, "max_steps": args.max_steps, "epochs": args.epochs, "seed": args.seed,
                  "batch_size": args.batch_size, "lr": args.lr, "eval_every": args.eval_every, "threads": args.threads,
                  "max_minutes": args.max_minutes, "device": args.device}
@@ -177,19 +175,31 @@ def cmd_answer(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise VarattnError("--top must be at least 1")
     trained = _load(args)
+    unknown, words = _unknown_words(trained, args.question)
     answers = trained.answer(args.question, top=args.top, **_inputs(args, trained))
     if args.json:
-        print(json.dumps([{"answer": a, "probability": p} for a, p in answers]))
+        print(json.dumps([{"answer": a, "probability": p, "unknown_words": unknown, "question_words": words}
+                          for a, p in answers]))
         return 0
     for answer, prob in answers:
         print(f"{prob:.4f}\t{answer}")
     return 0
 
 
+def _unknown_words(trained, question: str) -> tuple[int, int]:
+    """``(unknown, total)`` words of the question, said on stderr when some are unknown (an empty question: error)."""
+    unknown, words = trained.unknown_words(question)
+    if unknown:
+        log.warning("%d of the question's %d words are not in the model's vocabulary (read as <unk>)%s", unknown,
+                    words, ": the answer is a guess" if unknown == words else "")
+    return unknown, words
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from varattn.vqa.plot import plot_regions
 
     trained = _load(args)
+    _unknown_words(trained, args.question)
     regions = trained.regions(args.question, answer=args.answer, **_inputs(args, trained))
     out = plot_regions(regions, args.output, image=args.image, question=args.question)
     print(f"wrote {out}")

@@ -16,7 +16,7 @@ What the paper's files went through (paper-notes B), step by step:
 5. **Joint BPE** (subword-nmt): ``merges`` merge operations (14,000 for the paper) learned on the
    German and English training text together, applied to every split.
 
-Output, in the layout of the authors' files (``../shared/data/iwslt14-de-en-valid-test``):
+Output, in the layout of the authors' files (``data/iwslt14-de-en`` in harvardnlp/var-attn):
 ``{train,valid,test}.{de,en}`` (tokenised, lowercased) and ``{train,valid,test}.{de,en}.bpe`` (with
 ``@@ `` continuation marks; removing them gives the plain file back), and ``bpe.codes``.
 """

@@ -122,19 +122,41 @@ class MaskedCategorical:
         return MaskedCategorical(self.log_probs, keep)
 
 
-def relaxed_concentration(scores: Tensor, transform: str = "exp") -> Tensor:
-    """Map attention scores ``(..., S)`` to positive Dirichlet concentrations.
+#: the transforms of :func:`relaxed_concentration`; ``mean-precision`` is the default of the relaxed objective
+CONCENTRATIONS = ("mean-precision", "exp", "softplus")
+#: smallest concentration of one position under ``mean-precision`` (Gamma sampling stays finite)
+ALPHA_FLOOR = 1e-3
 
-    ``exp`` is ``exp(clamp(s, -10, 10))`` (the authors' default), ``softplus`` adds 1e-3 to
-    stay away from 0. Padded positions may hold ``-inf``; their output is replaced by 1 and
-    later ignored through the mask.
+
+def relaxed_concentration(scores: Tensor, transform: str = "exp", precision_scores: Tensor | None = None,
+                          bounds: tuple[float, float] = (1.0, 100.0)) -> Tensor:
+    """Map attention scores ``(..., S)`` to positive Dirichlet concentrations ``(..., S)``.
+
+    ``mean-precision``: ``alpha = kappa * softmax(s)`` (floored at ``ALPHA_FLOOR``), where the mean
+    ``softmax(s)`` comes from the scores and the precision (total concentration)
+    ``kappa = lo + (hi - lo) * sigmoid(r)`` from its own scores ``precision_scores`` ``r`` ``(...)``
+    (zeros when None: the middle of ``bounds``). No objective can push the precision past ``hi``,
+    whatever it does to the mean.
+
+    ``exp`` is ``exp(clamp(s, -10, 10))`` (the authors' hint), ``softplus`` adds 1e-3 to stay away
+    from 0: one score sets both the mean and the precision (``sum exp(s)`` can reach ``S * e^10``).
+
+    Padded positions may hold ``-inf``; their output is replaced by 1 and later ignored through the mask.
     """
+    if transform == "mean-precision":
+        mask = torch.isfinite(scores)
+        mean = masked_log_softmax(scores, mask).exp()  # (..., S), 0 at padding
+        lo, hi = bounds
+        r = torch.zeros(scores.shape[:-1], dtype=scores.dtype, device=scores.device) if precision_scores is None \
+            else precision_scores.to(scores.dtype)
+        kappa = lo + (hi - lo) * torch.sigmoid(r)  # (...)
+        return torch.where(mask, (kappa.unsqueeze(-1) * mean).clamp_min(ALPHA_FLOOR), torch.ones_like(mean))
     finite = torch.where(torch.isfinite(scores), scores, torch.zeros_like(scores))
     if transform == "exp":
         return finite.clamp(-10.0, 10.0).exp()
     if transform == "softplus":
         return torch.nn.functional.softplus(finite) + 1e-3
-    raise ValueError(f"unknown concentration transform {transform!r}; valid: exp, softplus")
+    raise ValueError(f"unknown concentration transform {transform!r}; valid: {', '.join(CONCENTRATIONS)}")
 
 
 class MaskedDirichlet:
@@ -178,6 +200,18 @@ class MaskedDirichlet:
         """``(B, T, S)`` mean ``alpha / sum(alpha)``, 0 at padding."""
         a = self.concentration * self.mask
         return a / a.sum(-1, keepdim=True)
+
+    @property
+    def precision(self) -> Tensor:
+        """``(B, T)`` total concentration ``sum(alpha)``: how tightly samples gather around the mean."""
+        return self._total()
+
+    def mean_entropy(self) -> Tensor:
+        """``(B, T)`` entropy in nats of the mean as a categorical over the real positions (the alignment
+        entropy reported for relaxed models, comparable with the categorical models' prior entropy)."""
+        mean = self.mean
+        return -(torch.where(mean > 0, mean * mean.clamp_min(torch.finfo(mean.dtype).tiny).log(),
+                             torch.zeros_like(mean))).sum(-1)
 
     def entropy(self) -> Tensor:
         """``(B, T)`` differential entropy over the real positions."""

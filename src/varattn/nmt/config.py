@@ -3,10 +3,11 @@
 A config file has the generic training keys (``varattn.training.config.TrainingConfig``: lr, clip,
 epochs, max_steps, seed, device, precision, ...), the NMT keys of ``TrainConfig`` below (data,
 batching, mode), a ``model:`` section (``ModelConfig``) and an ``objective:`` section (options of the
-mode's objective, such as ``num_samples`` or ``temperature``). Every key is typed and range-checked
-before anything is built or written. Shipped configs live in ``varattn/configs`` and can be named
-without a path: ``toy`` (the embedded default), ``small`` (a real corpus on two CPU cores) and
-``iwslt14`` (the paper's sizes and recipe).
+mode's objective, such as ``num_samples`` or ``temperature``, and per-mode sections: see
+``varattn.objective_options``). Every key is typed and range-checked before anything is built or
+written. Shipped configs live in ``varattn/configs`` and can be named without a path: ``toy`` (the
+embedded default), ``small`` (a real corpus on two CPU cores) and ``iwslt14`` (the paper's sizes and
+recipe).
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from varattn.errors import VarattnError
-from varattn.latent import mode_names, mode_options, objective_class
 from varattn.nmt.model import ModelConfig
+from varattn.objective_options import objective_section
 from varattn.training.config import (
     TrainingConfig,
     build,
-    check_options,
     config_data,
     non_negative,
     one_of,
@@ -43,9 +43,6 @@ def _set_from_data(_value) -> str:
 #: range checks of the ``model:`` section (every other size must be a positive integer)
 MODEL_RULES = {"dropout": probability_below_one, "init_range": positive,
                **{k: _set_from_data for k in _FROM_DATA}}
-#: range checks of objective options, by name (the names come from the objectives' constructors)
-OBJECTIVE_RULES = {"num_samples": positive, "eval_samples": positive, "warmup_steps": non_negative,
-                   "temperature": positive}
 
 
 def model_section(d: dict | ModelConfig) -> ModelConfig:
@@ -56,24 +53,6 @@ def model_section(d: dict | ModelConfig) -> ModelConfig:
         raise VarattnError(f"model must be a mapping of model sizes, got {d!r}")
     rules = {f.name: positive for f in dataclasses.fields(ModelConfig) if f.type in ("int", int)}
     return build(ModelConfig, d, prefix="model.", rules={**rules, **MODEL_RULES})
-
-
-def objective_section(mode: str, options: dict) -> dict:
-    """The checked options of ``mode`` from an ``objective:`` section.
-
-    A key named after a mode holds that mode's own options (``var-relaxed: {warmup_steps: 900}``), so
-    one config serves every mode (``varattn.latent.mode_options``); every such section is checked
-    against its own mode, and what is kept is the options in effect for ``mode``.
-    """
-    if not isinstance(options, dict):
-        raise VarattnError(f"objective must be a mapping, got {options!r}")
-    for name in mode_names():
-        if name in options:
-            section = options[name]
-            if not isinstance(section, dict):
-                raise VarattnError(f"objective.{name} must be a mapping of that mode's options, got {section!r}")
-            check_options(f"objective.{name}", objective_class(name), section, OBJECTIVE_RULES)
-    return check_options("objective", objective_class(mode), mode_options(mode, options), OBJECTIVE_RULES)
 
 
 @dataclass

@@ -108,6 +108,13 @@ def evaluation_sums(
     return sums
 
 
+def perplexity_name(figures: dict) -> str:
+    """What the ``ppl`` of ``figures`` is, in one wording everywhere: ``exact perplexity``, or for the relaxed
+    model ``importance-sampled perplexity (N samples)``."""
+    samples = figures.get("importance_samples")
+    return f"importance-sampled perplexity ({samples} samples)" if samples else "exact perplexity"
+
+
 def evaluation_figures(sums: dict[str, float], objective: Objective, topk: int | None = None) -> dict:
     """The figures of :func:`evaluate` from (possibly added-up) :func:`evaluation_sums`."""
     tokens, sentences = int(sums["tokens"]), int(sums["sentences"])
@@ -125,6 +132,9 @@ def evaluation_figures(sums: dict[str, float], objective: Objective, topk: int |
         result["kmax_ppl"] = _safe_exp(-sums["kmax"] / n)
     if "correct" in sums:
         result["accuracy"] = int(sums["correct"]) / n
+    for key in ("kl", "prior_precision", "posterior_precision"):  # where the objective reports them
+        if key in sums:
+            result[key] = sums[key] / n
     if objective.importance_samples is not None:
         result["importance_samples"] = objective.importance_samples
     return result

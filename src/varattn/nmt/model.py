@@ -65,7 +65,7 @@ class InferenceNetwork(nn.Module):
     BiLSTM reads ``y_1 .. y_n </s>``, so q sees the current word and the whole target.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, with_precision: bool = False):
         super().__init__()
         h = cfg.inference_hidden
         drop = cfg.dropout if cfg.inference_layers > 1 else 0.0
@@ -74,12 +74,18 @@ class InferenceNetwork(nn.Module):
         self.tgt_rnn = nn.LSTM(cfg.embed_dim, h, cfg.inference_layers, batch_first=True,
                                bidirectional=True, dropout=drop)
         self.bilinear = nn.Linear(2 * h, 2 * h, bias=False)
+        #: the Dirichlet q's precision scores, one per target token (relaxed models only)
+        self.precision = nn.Linear(2 * h, 1) if with_precision else None
 
-    def forward(self, src_emb: Tensor, src_lengths: Tensor, tgt_emb: Tensor, tgt_lengths: Tensor) -> Tensor:
-        """``src_emb (B, S, E)``, ``tgt_emb (B, T, E)`` -> scores ``(B, T, S)`` (unmasked)."""
+    def forward(self, src_emb: Tensor, src_lengths: Tensor, tgt_emb: Tensor,
+                tgt_lengths: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``src_emb (B, S, E)``, ``tgt_emb (B, T, E)`` -> scores ``(B, T, S)`` (unmasked) and precision
+        scores ``(B, T)`` (None without a precision head)."""
         src_h = kernels.lstm_padded(self.src_rnn, src_emb, src_lengths)  # (B, S, 2h)
         tgt_h = kernels.lstm_padded(self.tgt_rnn, tgt_emb, tgt_lengths)  # (B, T, 2h)
-        return torch.bmm(kernels.linear(tgt_h, self.bilinear.weight), src_h.transpose(1, 2))  # (B, T, S)
+        scores = torch.bmm(kernels.linear(tgt_h, self.bilinear.weight), src_h.transpose(1, 2))  # (B, T, S)
+        precision = None if self.precision is None else self.precision(tgt_h).squeeze(-1)  # (B, T)
+        return scores, precision
 
 
 @dataclass
@@ -120,10 +126,18 @@ def truncate_topk(scores: Tensor, k: int | None) -> Tensor:
     return scores.masked_fill(scores < kth, NEG_INF)
 
 
-class LatentAlignmentNMT(nn.Module):
-    """Encoder, decoder with MLP prior attention, output head and (optional) inference network."""
+def _full(x: Tensor | None) -> Tensor | None:
+    return None if x is None else full_precision(x)
 
-    def __init__(self, cfg: ModelConfig, with_inference: bool):
+
+class LatentAlignmentNMT(nn.Module):
+    """Encoder, decoder with MLP prior attention, output head and (optional) inference network.
+
+    ``with_precision`` (objectives whose ``needs_precision`` is set: the relaxed model) adds a
+    precision head to the prior (on the decoder's query) and to the inference network.
+    """
+
+    def __init__(self, cfg: ModelConfig, with_inference: bool, with_precision: bool = False):
         super().__init__()
         self.cfg = cfg
         mem = 2 * cfg.encoder_hidden
@@ -140,7 +154,9 @@ class LatentAlignmentNMT(nn.Module):
         self.attn_memory = nn.Linear(mem, cfg.attention_dim, bias=False)
         self.attn_v = nn.Linear(cfg.attention_dim, 1, bias=False)
         self.head = LinearSoftmaxHead(cfg.decoder_hidden, mem, cfg.output_hidden, cfg.tgt_vocab_size, cfg.dropout)
-        self.inference = InferenceNetwork(cfg) if with_inference else None
+        self.inference = InferenceNetwork(cfg, with_precision) if with_inference else None
+        #: the prior Dirichlet's precision scores from the query (relaxed models only)
+        self.precision = nn.Linear(cfg.decoder_hidden, 1) if with_precision else None
         for p in self.parameters():
             nn.init.uniform_(p, -cfg.init_range, cfg.init_range)
 
@@ -246,16 +262,22 @@ class LatentAlignmentNMT(nn.Module):
         enc = self.encode(batch.src, batch.src_lengths, src_emb)
         tgt_emb = self.dropout(self.tgt_embed(batch.tgt))  # (B, T+1, E): <s> y_1 .. y_n </s>
         queries, prior_scores = self.decode(tgt_emb[:, :-1], enc, topk)
-        posterior_scores = None
+        posterior_scores = posterior_precision = None
         if with_posterior:
             if self.inference is None:
                 raise ValueError("this model was built without an inference network")
             tgt_lengths = batch.tgt_mask.sum(1)
-            posterior_scores = self.inference(src_emb, batch.src_lengths, tgt_emb[:, 1:], tgt_lengths)
+            posterior_scores, posterior_precision = self.inference(src_emb, batch.src_lengths, tgt_emb[:, 1:],
+                                                                   tgt_lengths)
             posterior_scores = full_precision(posterior_scores).masked_fill(~enc.source_mask[:, None, :], NEG_INF)
         emission = ContextEmission(self.head, queries, enc.memory, batch.tgt_out, batch.tgt_mask,
                                    self.cfg.enum_chunk_rows, enc.source_mask)
-        return AlignmentProblem(prior_scores, enc.source_mask, batch.tgt_mask, emission, posterior_scores)
+        return AlignmentProblem(prior_scores, enc.source_mask, batch.tgt_mask, emission, posterior_scores,
+                                self.prior_precision(queries), _full(posterior_precision))
+
+    def prior_precision(self, query: Tensor) -> Tensor | None:
+        """``(...)`` the prior Dirichlet's precision scores for queries ``(..., Dd)``; None without the head."""
+        return None if self.precision is None else _full(self.precision(query).squeeze(-1))
 
     def loss(self, batch: Batch, objective: Objective) -> LossTerms:
         return objective.loss(self.problem(batch, objective.uses_posterior))
@@ -285,7 +307,7 @@ class LatentAlignmentNMT(nn.Module):
 
         The sampled predictive rule of relaxed models (``Objective.prediction_sampler``).
         """
-        weights = sampler(scores)  # (K, B, S)
+        weights = sampler(scores, self.prior_precision(query))  # (K, B, S)
         context = torch.matmul(weights.unsqueeze(-2), enc.memory).squeeze(-2)  # (K, B, Dm)
         q_pre = self.head.query_part(query)  # (B, D)
         log_f = self.head.log_probs(q_pre + self.head.context_part(context))  # (K, B, V)

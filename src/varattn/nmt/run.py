@@ -12,6 +12,7 @@ Layout of ``RUN_DIR`` (nothing in it is ever unpickled):
 ``resume/``         everything ``--resume`` needs: weights, optimizer, RNG states, counters
 ``metrics.jsonl``   one JSON record per log line (train and valid)
 ``tb/``             TensorBoard event files
+``train.lock``      the writer's lock (see ``varattn.training.rundir_lock``)
 ==================  =================================================================
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from varattn.checkpoint import load_json, load_weights
+from varattn.checkpoint import load_weights
 from varattn.device import resolve_device
 from varattn.errors import VarattnError
 from varattn.latent import Objective, make_objective
@@ -35,6 +36,7 @@ from varattn.nmt.search import DecodingOptions, Translation, decode
 from varattn.nmt.text import Segmenter
 from varattn.nmt.vocab import Vocab
 from varattn.training import RUN_FILE
+from varattn.training.run_info import check_files, check_size, parse_section, read_run_info
 
 __all__ = ["RUN_FILE", "TrainedModel", "load_run"]
 log = logging.getLogger("varattn")
@@ -72,6 +74,11 @@ class TrainedModel:
 
     def encode_tgt(self, line: str) -> list[int]:
         return self.tgt_vocab.encode(self.tgt_seg.tokenize(line))
+
+    def unknown(self, tokens: list[str], side: str = "src") -> int:
+        """How many of ``tokens`` (pieces of the ``src`` or ``tgt`` side) the vocabulary lacks (read as ``<unk>``)."""
+        vocab = self.src_vocab if side == "src" else self.tgt_vocab
+        return sum(1 for t in tokens if t not in vocab.stoi)
 
     @torch.no_grad()
     def score(self, src_lines: list[str], tgt_lines: list[str], batch_size: int = 32) -> list[dict]:
@@ -159,20 +166,23 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | None = "aut
     """
     target = resolve_device(device)
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise VarattnError(f"run directory not found: {run_dir}")
-    if not (run_dir / RUN_FILE).is_file():
-        raise VarattnError(f"{run_dir} is not a varattn run directory (no {RUN_FILE})")
-    info = load_json(run_dir / RUN_FILE)
-    cfg = TrainConfig.from_dict(info["config"])
-    model_cfg = ModelConfig.from_dict(info["model"])
-    objective = make_objective(cfg.mode, **cfg.objective)
-    model = LatentAlignmentNMT(model_cfg, with_inference=objective.uses_posterior)
+    info = read_run_info(run_dir, "nmt")
+    cfg = parse_section(run_dir, "config", lambda: TrainConfig.from_dict(info["config"]))
+    model_cfg = parse_section(run_dir, "model", lambda: ModelConfig.from_dict(info["model"]))
+    objective = parse_section(run_dir, "config", lambda: make_objective(cfg.mode, **cfg.objective))
+    check_files(run_dir, info)
+    vocabs = []
+    for side, size, what in (("src", model_cfg.src_vocab_size, "source embedding"),
+                             ("tgt", model_cfg.tgt_vocab_size, "target embedding and output layer")):
+        path = run_dir / f"vocab.{side}.txt"
+        vocab = Vocab.load(path)
+        check_size(path, len(vocab), size, f"model's {what} ({RUN_FILE})")
+        vocabs.append(vocab)
+    seg = parse_section(run_dir, "segmentation", lambda: info["segmentation"])
+    segmenters = [parse_section(run_dir, "segmentation", lambda s=s: Segmenter.from_json(seg[s], run_dir))
+                  for s in ("src", "tgt")]
+    model = LatentAlignmentNMT(model_cfg, with_inference=objective.uses_posterior,
+                               with_precision=objective.needs_precision)
     meta = load_weights(model, run_dir / which)
     model.to(target).eval()
-    seg = info["segmentation"]
-    return TrainedModel(
-        run_dir, cfg, model, objective,
-        Vocab.load(run_dir / "vocab.src.txt"), Vocab.load(run_dir / "vocab.tgt.txt"),
-        Segmenter.from_json(seg["src"], run_dir), Segmenter.from_json(seg["tgt"], run_dir), meta,
-    )
+    return TrainedModel(run_dir, cfg, model, objective, vocabs[0], vocabs[1], segmenters[0], segmenters[1], meta)

@@ -100,7 +100,8 @@ class NMTTask(Task):
 
     # -- model and training -----------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        return LatentAlignmentNMT(self.model_cfg, with_inference=self.objective.uses_posterior)
+        return LatentAlignmentNMT(self.model_cfg, with_inference=self.objective.uses_posterior,
+                                  with_precision=self.objective.needs_precision)
 
     def train_batches(self, epoch: int) -> Sequence[Batch]:
         cfg = self.cfg
@@ -109,14 +110,14 @@ class NMTTask(Task):
     def loss(self, model: nn.Module, batch: Batch, step: int) -> BatchLoss:
         """The mode's surrogate summed over the batch, normalised by its sentences (the paper's recipe).
 
-        Figures: ``nll`` (-ELBO, or its estimate), ``kl`` (0 for modes without q) and ``tokens``.
+        Figures: ``nll`` (-ELBO, or its estimate), ``kl`` (0 for modes without q), ``tokens``, and the
+        objective's other per-token figures summed (entropies, the relaxed model's precisions, ...).
         """
         self.objective.set_step(step)
         terms = model.loss(batch, self.objective)
-        per_token = terms.per_token
-        figures = {"nll": float(per_token["nll"].sum()),
-                   "kl": float(per_token["kl"].sum()) if "kl" in per_token else 0.0,
-                   "tokens": float(terms.target_mask.sum())}
+        figures = {key: float(value.sum()) for key, value in terms.per_token.items()}
+        figures.setdefault("kl", 0.0)
+        figures["tokens"] = float(terms.target_mask.sum())
         return BatchLoss(terms.surrogate, len(batch), figures)
 
     # -- validation -------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -82,8 +83,19 @@ def init(world: World, device: torch.device, timeout_s: float) -> None:
                             world_size=world.size, **({"device_id": device} if device.type == "cuda" else {}))
     if not world.main:  # one voice: rank 0 logs and prints; errors still reach stderr from every rank
         logging.getLogger("varattn").setLevel(logging.ERROR)
+        silence_repeated_warnings()
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this rank's process
     log.info("data-parallel training on %d processes (%s)", world.size, backend)
+
+
+#: warnings every rank would print alike (DDP's note that no parameter went unused): rank 0 prints them
+REPEATED_WARNINGS = (r"find_unused_parameters=True was specified",)
+
+
+def silence_repeated_warnings() -> None:
+    """On ranks other than 0: drop the warnings that rank 0 prints as well (:data:`REPEATED_WARNINGS`)."""
+    for pattern in REPEATED_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 def device_for(world: World, device: torch.device) -> torch.device:

@@ -27,22 +27,21 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from varattn.checkpoint import backup_path, load_json, save_checkpoint, save_json
+from varattn.checkpoint import backup_path, save_checkpoint, save_json
 from varattn.device import check_precision, precision_context, resolve_device
 from varattn.errors import VarattnError
-from varattn.training import distributed
+from varattn.training import distributed, rundir_lock
 from varattn.training.config import TrainingConfig
 from varattn.training.distributed import World
 from varattn.training.metrics import METRICS_FILE, MetricsLog, cut_metrics
 from varattn.training.optim import make_optimizer, next_lr, set_lr
+from varattn.training.run_info import FILES_KEY, RUN_FILE, RUN_FORMAT, check_files, read_run_info, record_files
+from varattn.training.rundir_lock import LOCK_FILE, RunDirLock
 from varattn.training.state import RESUME_DIR, TrainerState, read_resume, rng_state, save_resume, set_rng_state
 from varattn.training.stop import GracefulStop, TrainingStopped
 from varattn.training.task import BatchLoss, Task
 
 log = logging.getLogger("varattn")
-
-RUN_FILE = "run.json"
-RUN_FORMAT = "varattn-run-1"
 
 
 def _describe(figures: dict) -> str:
@@ -69,8 +68,9 @@ class Trainer:
 
     def __init__(self, task: Task, cfg: TrainingConfig, run_dir: Path, model: torch.nn.Module,
                  optimizer: torch.optim.Optimizer, state: TrainerState, device: torch.device, metrics: MetricsLog,
-                 progress: bool | None, world: World = distributed.SINGLE):
+                 progress: bool | None, world: World = distributed.SINGLE, lock: RunDirLock | None = None):
         self.task, self.cfg, self.run_dir = task, cfg, run_dir
+        self.lock = lock  # the run directory's writer lock (rank 0), released when train() ends
         self.model, self.optimizer, self.state, self.device = model, optimizer, state, device
         self.metrics = metrics
         self.progress = progress if world.main else False
@@ -219,9 +219,17 @@ class Trainer:
                 if st.valid_step != st.step or st.last_valid is None:
                     self._log_valid(bar)
         finally:
-            bar.close()
-            self.metrics.close()
+            try:
+                bar.close()
+                self.metrics.close()
+            finally:
+                self.release()
         return st.last_valid
+
+    def release(self) -> None:
+        """Let go of the run directory's writer lock (``train`` does at its end)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _agree(self, flag: bool) -> bool:
         """``flag`` on any rank (the ranks must take the same branches)."""
@@ -333,16 +341,21 @@ def start(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool |
           tensorboard: bool = True) -> Trainer:
     """A fresh run of ``task`` in ``run_dir`` (created; it must not hold a run yet).
 
-    Data-parallel: rank 0 prepares the data and writes the run files; the other ranks then read them
-    back (``task.load``), as a resumed run would.
+    Rank 0 takes the run directory's writer lock (:mod:`varattn.training.rundir_lock`) before it writes
+    anything and keeps it until :meth:`Trainer.train` ends. Data-parallel: rank 0 prepares the data and
+    writes the run files; the other ranks then read them back (``task.load``), as a resumed run would.
     """
     run_dir = Path(run_dir)
     world, device = _prepare_device(cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    lock = None
     if world.main:
         try:
-            model = _start_files(task, cfg, run_dir).to(device)  # before the optimizer, whose state follows
+            model, lock = _start_files(task, cfg, run_dir)
+            model = model.to(device)  # before the optimizer, whose state follows
         except BaseException as exc:
+            if lock is not None:
+                lock.release()
             if world.distributed:
                 distributed.broadcast(str(exc) or type(exc).__name__)  # the other ranks stop too
             raise
@@ -352,46 +365,69 @@ def start(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool |
         failed = distributed.broadcast(None)
         if failed is not None:
             raise VarattnError(f"rank 0 failed to start the run: {failed}")
-        task.load(run_dir, load_json(run_dir / RUN_FILE))
+        task.load(run_dir, read_run_info(run_dir))
         model = task.build_model().to(device)
-    optimizer = make_optimizer(model, cfg.lr)
-    state = TrainerState(lr=cfg.lr, data_sha256=task.fingerprint())
-    trainer = Trainer(task, cfg, run_dir, model, optimizer, state, device,
-                      MetricsLog(run_dir, tensorboard, enabled=world.main), progress, world)
+    try:
+        optimizer = make_optimizer(model, cfg.lr)
+        state = TrainerState(lr=cfg.lr, data_sha256=task.fingerprint())
+        trainer = Trainer(task, cfg, run_dir, model, optimizer, state, device,
+                          MetricsLog(run_dir, tensorboard, enabled=world.main), progress, world, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     if world.distributed:  # from here on every rank draws its own random numbers (sampling, dropout)
         torch.manual_seed(distributed.rank_seed(cfg.seed, world.rank, 0))
     _log_device(world, device)
     return trainer
 
 
-def _start_files(task: Task, cfg: TrainingConfig, run_dir: Path) -> torch.nn.Module:
-    """Rank 0 of a fresh run: create ``run_dir``, prepare the task, write ``run.json``; returns the new model."""
-    if (run_dir / RUN_FILE).exists():
-        raise VarattnError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
+def _start_files(task: Task, cfg: TrainingConfig, run_dir: Path) -> tuple[torch.nn.Module, RunDirLock]:
+    """Rank 0 of a fresh run: create ``run_dir`` and lock it, prepare the task, write ``run.json``.
+
+    Returns the new model and the writer lock. ``run.json`` records the SHA-256 of every file the task
+    wrote (vocabularies, sentencepiece models), which loading and resuming check.
+    """
     if run_dir.exists() and not run_dir.is_dir():
         raise VarattnError(f"{run_dir} is a file; --out needs a directory")
+    if (run_dir / RUN_FILE).exists():
+        with rundir_lock.acquire(run_dir):  # a run being written: the error names its writer
+            raise VarattnError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
     created = not run_dir.exists()
     try:
         before = set() if created else {p.name for p in run_dir.iterdir()}
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise VarattnError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
+    lock = rundir_lock.acquire(run_dir)
+    if (run_dir / RUN_FILE).exists():  # another process started (and finished) the run while we were looking
+        lock.release()
+        raise VarattnError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
     try:
         task.prepare(run_dir)
         model = task.build_model()
     except BaseException:
-        _remove_partial_start(run_dir, created, before)
+        _remove_partial_start(run_dir, created, before, lock)
         raise
-    info = task.save(run_dir)
-    save_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "task": task.name, "config": cfg.to_dict(), **info})
-    return model
+    try:
+        info = task.save(run_dir)
+        ignore = {LOCK_FILE, METRICS_FILE, RUN_FILE, *before}
+        written = [p.name for p in run_dir.iterdir()
+                   if p.is_file() and p.name not in ignore and not p.name.startswith(".")]
+        save_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "task": task.name, "config": cfg.to_dict(), **info,
+                                       FILES_KEY: record_files(run_dir, written)})
+    except BaseException:
+        lock.release()
+        raise
+    return model, lock
 
 
-def _remove_partial_start(run_dir: Path, created: bool, before: set[str]) -> None:
-    """A fresh run failed while preparing its data: delete the files it wrote (sentencepiece models)."""
+def _remove_partial_start(run_dir: Path, created: bool, before: set[str], lock: RunDirLock) -> None:
+    """A fresh run failed while preparing its data: delete the files it wrote (sentencepiece models, the lock)."""
     for path in run_dir.iterdir():
         if path.name not in before and path.is_file() and not path.is_symlink():
             path.unlink(missing_ok=True)
+    lock.release()
     if created and not any(run_dir.iterdir()):
         run_dir.rmdir()
 
@@ -401,17 +437,14 @@ def _comparable(cfg: TrainingConfig, d: dict) -> dict:
     return json.loads(json.dumps(type(cfg).from_dict(d).to_dict()))
 
 
-def _check_resumable(run_dir: Path, cfg: TrainingConfig) -> tuple[dict, bool]:
+def _check_resumable(run_dir: Path, cfg: TrainingConfig, task: Task) -> tuple[dict, bool]:
     """``run.json`` of ``run_dir``, and whether ``cfg`` changed a resumable key; a one-line error otherwise."""
     if not (run_dir / RUN_FILE).is_file():
         raise VarattnError(f"nothing to resume in {run_dir} (no {RUN_FILE})")
+    info = read_run_info(run_dir, task.name)
     resume_dir = run_dir / RESUME_DIR
     if not resume_dir.is_dir() and not backup_path(resume_dir).is_dir():
-        raise VarattnError(f"nothing to resume in {run_dir}: it has no {RESUME_DIR}/ checkpoint (training "
-                           "stopped before its first save); delete it and start the run again")
-    info = load_json(run_dir / RUN_FILE)
-    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
-        raise VarattnError(f"{run_dir / RUN_FILE} is corrupted (no config)")
+        raise VarattnError(_no_resume_message(run_dir))
     stored, current = _comparable(cfg, info["config"]), _comparable(cfg, cfg.to_dict())
     changed = [k for k in current if k not in cfg.RESUMABLE_KEYS and stored.get(k) != current[k]]
     if changed:
@@ -419,7 +452,20 @@ def _check_resumable(run_dir: Path, cfg: TrainingConfig) -> tuple[dict, bool]:
             f"cannot resume {run_dir} with a different configuration ("
             + "; ".join(f"{k}: {stored.get(k)!r} in {RUN_FILE}, {current[k]!r} now" for k in changed)
             + f"); only {', '.join(cfg.RESUMABLE_KEYS)} may change")
+    check_files(run_dir, info)
     return info, stored != current
+
+
+def _no_resume_message(run_dir: Path) -> str:
+    """Why a run without ``resume/`` cannot continue, and what its trained weights (if any) are still good for."""
+    trained = [name for name in ("best", "last") if (run_dir / name).is_dir() or backup_path(run_dir / name).is_dir()]
+    if not trained:
+        return (f"nothing to resume in {run_dir}: it has no {RESUME_DIR}/ checkpoint (training stopped before its "
+                "first save); delete it and start the run again")
+    held = " and ".join(f"{name}/" for name in trained)
+    return (f"cannot resume {run_dir}: it has no {RESUME_DIR}/ checkpoint (no optimizer state to continue from), "
+            f"but {held} hold trained weights: evaluate or use them as they are (--checkpoint {trained[0]}), or "
+            "start a new run with another --out")
 
 
 def resume(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool | None = None,
@@ -429,11 +475,25 @@ def resume(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool 
     Only the keys in ``cfg.RESUMABLE_KEYS`` may differ from the run's ``run.json`` (which is then
     updated, so later resumes keep the new ``max_steps`` or ``epochs``). With as many processes as
     saved the run, every rank gets its random stream back (bit-identical continuation); with another
-    number, each rank starts a fresh stream seeded from the seed, its rank and the step.
+    number, each rank starts a fresh stream seeded from the seed, its rank and the step. Rank 0 takes
+    the run directory's writer lock first, before it reads or writes anything there.
     """
     run_dir = Path(run_dir)
     world, device = _prepare_device(cfg)
-    info, changed = _check_resumable(run_dir, cfg)
+    if not (run_dir / RUN_FILE).is_file():
+        raise VarattnError(f"nothing to resume in {run_dir} (no {RUN_FILE})")
+    lock = rundir_lock.acquire(run_dir) if world.main else None
+    try:
+        return _resume_locked(task, cfg, run_dir, progress, tensorboard, world, device, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _resume_locked(task: Task, cfg: TrainingConfig, run_dir: Path, progress: bool | None, tensorboard: bool,
+                   world: World, device: torch.device, lock: RunDirLock | None) -> Trainer:
+    info, changed = _check_resumable(run_dir, cfg, task)
     point = read_resume(run_dir / RESUME_DIR)
     st = point.state
     target = st.epoch >= cfg.epochs or (cfg.max_steps is not None and st.step >= cfg.max_steps)
@@ -457,7 +517,7 @@ def resume(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool 
             info["config"] = cfg.to_dict()
             save_json(run_dir / RUN_FILE, info)
     metrics = MetricsLog(run_dir, tensorboard, purge_step=st.step + 1, enabled=world.main)
-    trainer = Trainer(task, cfg, run_dir, model, optimizer, st, device, metrics, progress, world)
+    trainer = Trainer(task, cfg, run_dir, model, optimizer, st, device, metrics, progress, world, lock)
     saved = len(point.rng_states)
     if saved == world.size:
         point.restore_rng(run_dir / RESUME_DIR, world.rank)

@@ -1,5 +1,8 @@
 """The VQA task's configuration: data, model and objective (the loop's keys belong to the core).
 
+The ``objective:`` section is read as the translation task's is (``varattn.objective_options``): options
+of the trained mode's objective, and per-mode sections such as ``var-relaxed: {warmup_steps: 100}``.
+
 Shipped configs live in ``varattn/configs/vqa`` and can be named without a path: ``easy`` (the
 embedded default: easy-VQA on two CPU cores) and ``vqa2`` (VQA 2.0 region features at the paper's
 sizes and recipe).
@@ -13,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from varattn.errors import VarattnError
-from varattn.latent import objective_class
+from varattn.objective_options import objective_section
 from varattn.training.config import (
     TrainingConfig,
     build,
-    check_options,
     config_data,
     non_negative,
     one_of,
@@ -25,7 +27,7 @@ from varattn.training.config import (
     probability_below_one,
     spec,
 )
-from varattn.vqa.model import REGION_ENCODERS, VQAModelConfig
+from varattn.vqa.model import CNN_REGIONS, REGION_ENCODERS, VQAModelConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "vqa"
 DATA_SOURCES = ("easy-vqa", "features")
@@ -96,6 +98,7 @@ def model_section(d: dict | VQAModelConfig) -> VQAModelConfig:
         raise VarattnError(f"model must be a mapping of model sizes, got {d!r}")
     rules = {f.name: positive for f in dataclasses.fields(VQAModelConfig) if f.type in ("int", int)}
     rules.update({"dropout": probability_below_one, "region_encoder": one_of(*REGION_ENCODERS),
+                  "cnn_regions": one_of(*CNN_REGIONS),
                   **{k: _set_from_data for k in _FROM_DATA}})
     cfg = build(VQAModelConfig, d, prefix="model.", rules=rules)
     if not cfg.cnn_channels or any(c < 1 for c in cfg.cnn_channels):
@@ -123,7 +126,7 @@ class VQAConfig(TrainingConfig):
             self.model = model_section(self.model)
 
     def check(self) -> None:
-        self.objective = check_options("objective", objective_class(self.mode), self.objective, OBJECTIVE_RULES)
+        self.objective = objective_section(self.mode, self.objective)
 
     def data_config(self) -> VQADataConfig:
         return self.data
@@ -135,10 +138,6 @@ class VQAConfig(TrainingConfig):
         d = dataclasses.asdict(self)
         d["model"] = {k: v for k, v in d["model"].items() if k not in _FROM_DATA}
         return d
-
-
-OBJECTIVE_RULES = {"num_samples": positive, "eval_samples": positive, "warmup_steps": non_negative,
-                   "temperature": positive}
 
 
 def load_config(name: str, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> VQAConfig:

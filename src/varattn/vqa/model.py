@@ -25,6 +25,7 @@ from varattn.errors import VarattnError
 from varattn.latent import AlignmentProblem, ContextEmission, LinearSoftmaxHead, MaskedCategorical
 
 REGION_ENCODERS = ("cnn", "features")
+CNN_REGIONS = ("wide", "local")
 
 
 @dataclass
@@ -33,6 +34,9 @@ class VQAModelConfig:
 
     ``region_encoder`` is ``cnn`` (regions are the ``grid x grid`` cells of a CNN over the raw
     image, trained with the rest) or ``features`` (precomputed ``feature_dim``-wide regions).
+    ``cnn_regions`` says what a CNN cell sees (see :class:`GridCNN`): ``local``, only its own patch of
+    a ``cnn_grid x cnn_grid`` cut of the image; ``wide`` (the default of runs made before the option
+    existed), the overlapping field of a conv and max-pool stack over the whole image.
     """
 
     num_words: int = 0
@@ -42,6 +46,8 @@ class VQAModelConfig:
     cnn_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     cnn_input_pool: int = 2
     cnn_batchnorm: bool = True
+    cnn_regions: str = "wide"
+    cnn_grid: int = 4
     embed_dim: int = 300
     question_hidden: int = 1024
     attention_dim: int = 1024
@@ -69,25 +75,50 @@ class VQAModelConfig:
 class GridCNN(nn.Module):
     """Raw images ``(B, H, W, 3)`` uint8 -> regions ``(B, R, C)``: the cells of a conv feature grid.
 
-    The image is first average-pooled by ``input_pool``; each block is then a 3x3 convolution,
-    batch normalisation (``batchnorm``), ReLU and 2x2 max-pooling. With the ``easy`` config a 64x64
-    image becomes 32x32, then a 4x4 grid (R = 16) whose cells each see about a 44-pixel square of
-    the original.
+    Each block is a 3x3 convolution (zero padding 1), batch normalisation (``batchnorm``), ReLU and 2x2
+    max-pooling, after an average pooling of the input by ``input_pool``. Two ways to make cells:
+
+    - ``regions="wide"``: the blocks run over the whole image and the final map's cells are the
+      regions. With the ``easy`` sizes a 64x64 image becomes 32x32, then a 4x4 grid (R = 16) whose
+      cells each see about a 44-pixel square of the original: every cell sees most of the picture.
+    - ``regions="local"``: the image is cut into ``grid x grid`` patches and the same stack runs on
+      each patch on its own (its zero padding stops at the patch's border), ending in a max over what
+      is left of the patch: cell ``i`` (row-major) is a function of patch ``i``'s pixels only. With
+      ``grid=4`` a 64x64 image gives 16 cells of 16x16 pixels.
     """
 
-    def __init__(self, channels: list[int], input_pool: int = 1, batchnorm: bool = True):
+    def __init__(self, channels: list[int], input_pool: int = 1, batchnorm: bool = True, regions: str = "wide",
+                 grid: int = 4):
         super().__init__()
+        if regions not in CNN_REGIONS:
+            raise VarattnError(f"cnn regions must be one of {', '.join(CNN_REGIONS)}, got {regions!r}")
+        self.regions, self.grid = regions, grid
+        local = regions == "local"
         layers, c_in = [nn.AvgPool2d(input_pool)] if input_pool > 1 else [], 3
         for c_out in channels:
             layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batchnorm))
             if batchnorm:
                 layers.append(nn.BatchNorm2d(c_out))
-            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [nn.ReLU(), nn.MaxPool2d(2, ceil_mode=local)]  # ceil: a small patch may reach 1x1 early
             c_in = c_out
+        if local:
+            layers.append(nn.AdaptiveMaxPool2d(1))
         self.net = nn.Sequential(*layers)
+
+    def patches(self, x: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` -> ``(B * grid * grid, 3, H / grid, W / grid)``, patches in row-major order."""
+        b, c, h, w = x.shape
+        g = self.grid
+        if h % g or w % g:
+            raise VarattnError(f"a {h}x{w} image does not cut into a {g}x{g} grid of equal patches (model.cnn_grid)")
+        x = x.reshape(b, c, g, h // g, g, w // g).permute(0, 2, 4, 1, 3, 5)  # (B, g, g, 3, h/g, w/g)
+        return x.reshape(b * g * g, c, h // g, w // g)
 
     def forward(self, images: Tensor) -> Tensor:
         x = images.permute(0, 3, 1, 2).float().div(255.0).sub(0.5)  # (B, 3, H, W)
+        if self.regions == "local":
+            cells = self.net(self.patches(x))  # (B * g * g, C, 1, 1)
+            return cells.reshape(images.shape[0], self.grid * self.grid, -1)  # (B, g*g, C)
         grid = self.net(x)  # (B, C, h, w)
         return grid.flatten(2).transpose(1, 2)  # (B, h*w, C)
 
@@ -132,7 +163,7 @@ class Encoded:
 class VQAModel(nn.Module):
     """See the module docstring; ``problem`` builds the ``AlignmentProblem`` every objective takes."""
 
-    def __init__(self, cfg: VQAModelConfig, with_inference: bool = True):
+    def __init__(self, cfg: VQAModelConfig, with_inference: bool = True, with_precision: bool = False):
         super().__init__()
         if cfg.num_words < 2 or cfg.num_answers < 1:
             raise VarattnError("the model needs a question vocabulary and at least one answer")
@@ -140,13 +171,17 @@ class VQAModel(nn.Module):
         d, dq, a = cfg.region_dim, cfg.question_hidden, cfg.attention_dim
         self.cnn = None
         if cfg.region_encoder == "cnn":
-            self.cnn = GridCNN(cfg.cnn_channels, cfg.cnn_input_pool, cfg.cnn_batchnorm)
+            self.cnn = GridCNN(cfg.cnn_channels, cfg.cnn_input_pool, cfg.cnn_batchnorm, cfg.cnn_regions,
+                               cfg.cnn_grid)
         self.question = QuestionEncoder(cfg.num_words, cfg.embed_dim, dq)
         # prior: w^T tanh(W1 x_i + W2 x~)
         self.prior_region = nn.Linear(d, a, bias=False)
         self.prior_query = nn.Linear(dq, a)
         self.prior_out = nn.Linear(a, 1, bias=False)
         self.head = ReLUSoftmaxHead(dq, d, cfg.output_hidden, cfg.num_answers, cfg.dropout)
+        # the Dirichlet precision scores of prior and q (objectives with needs_precision: the relaxed model)
+        self.prior_precision_head = nn.Linear(dq, 1) if with_precision else None
+        self.post_precision_head = None
         # inference network: u^T tanh(U1 (x_i ⊙ ReLU(V1 h_a)) + U2 (x~ ⊙ ReLU(V2 h_a)))
         self.with_inference = with_inference
         if not with_inference:  # modes without q never build it
@@ -158,6 +193,8 @@ class VQAModel(nn.Module):
         self.post_region = nn.Linear(d, hi, bias=False)
         self.post_query = nn.Linear(dq, hi)
         self.post_out = nn.Linear(hi, 1, bias=False)
+        if with_precision:
+            self.post_precision_head = nn.Linear(hi, 1)
 
     # -- encoders ----------------------------------------------------------------------------------
     def encode(self, words: Tensor, lengths: Tensor, regions: dict[str, Tensor]) -> Encoded:
@@ -191,6 +228,13 @@ class VQAModel(nn.Module):
         query_part = self.post_query(enc.query.unsqueeze(1) * gate_q)  # (B, T, Hi)
         return self.post_out(torch.tanh(region_part + query_part.unsqueeze(2))).squeeze(-1)  # (B, T, R)
 
+    def posterior_precision(self, enc: Encoded, answers: Tensor) -> Tensor | None:
+        """``(B, T)`` q's Dirichlet precision scores for answers ``(B, T)``; None without the head."""
+        if self.post_precision_head is None:
+            return None
+        gate_q = torch.relu(self.gate_query(self.answer_embed(answers)))  # (B, T, Dq)
+        return self.post_precision_head(torch.tanh(self.post_query(enc.query.unsqueeze(1) * gate_q))).squeeze(-1)
+
     # -- the latent layer ---------------------------------------------------------------------------
     def problem(self, enc: Encoded, answers: Tensor, answer_mask: Tensor, posterior: bool) -> AlignmentProblem:
         """The alignment problem of answers ``(B, T)`` (``answer_mask (B, T)``); q only if ``posterior``."""
@@ -200,7 +244,11 @@ class VQAModel(nn.Module):
         emission = ContextEmission(self.head, query, enc.regions, answers, answer_mask,
                                    chunk_rows=self.cfg.enum_chunk_rows, source_mask=enc.region_mask)
         post = self.posterior_scores(enc, answers) if posterior else None
-        return AlignmentProblem(prior, enc.region_mask, answer_mask, emission, post)
+        prior_precision = None
+        if self.prior_precision_head is not None:
+            prior_precision = self.prior_precision_head(enc.query).expand(b, t)  # (B, 1) -> (B, T)
+        post_precision = self.posterior_precision(enc, answers) if posterior else None
+        return AlignmentProblem(prior, enc.region_mask, answer_mask, emission, post, prior_precision, post_precision)
 
     def prior(self, enc: Encoded) -> MaskedCategorical:
         """``p(z | x, x~)`` with batch shape ``(B, 1)`` over ``R`` regions."""

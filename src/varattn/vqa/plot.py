@@ -35,6 +35,7 @@ def plot_regions(regions, path: str | os.PathLike[str], image=None, question: st
     optional_import("PIL", "vqa", "reading images")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     from PIL import Image
 
     pixels = None
@@ -67,6 +68,7 @@ def plot_regions(regions, path: str | os.PathLike[str], image=None, question: st
         bar = axes[rows - 1, col]
         bar.bar(np.arange(len(probs)), probs, color="tab:purple")
         bar.set_xlabel("region")
+        bar.xaxis.set_major_locator(MaxNLocator(integer=True))  # regions are numbered: no 2.5
         bar.set_ylim(0, min(1.0, 1.15 * max(float(np.max(p)) for _, p in panels)))
         bar.axhline(1.0 / len(probs), color="gray", lw=0.8, ls="--")  # uniform over the regions
         if not draw_image:

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varattn.checkpoint import load_json, load_weights
+from varattn.checkpoint import load_weights
 from varattn.device import resolve_device
 from varattn.errors import VarattnError
 from varattn.extras import optional_import
 from varattn.latent import MaskedCategorical, Objective, make_objective
+from varattn.training.run_info import RUN_FILE, check_files, check_size, parse_section, read_run_info
 from varattn.vqa.config import VQAConfig
 from varattn.vqa.data import BatchSpec, QuestionSet, RegionSource, make_batch
 from varattn.vqa.datasets import WORD_SPECIALS, easy_test, feature_split
@@ -27,8 +28,6 @@ from varattn.vqa.features import open_features
 from varattn.vqa.model import VQAModel, VQAModelConfig
 from varattn.vqa.task import ANSWERS_FILE, WORDS_FILE, batch_specs
 from varattn.vqa.text import Vocab, tokenize_question
-
-RUN_FILE = "run.json"
 
 
 @dataclass
@@ -108,11 +107,23 @@ class TrainedVQA:
             regions = self._image_regions(image)
         else:
             regions, boxes = self._feature_regions(image_id, features)
-        tokens = self.words.encode(tokenize_question(question, self.config.data.max_question_len)) or [1]
+        tokens = self.words.encode(self.question_words(question))
         words = torch.tensor([tokens], dtype=torch.long)
         regions = {k: v.to(self.device) for k, v in regions.items()}
         enc = self.model.encode(words.to(self.device), torch.tensor([len(tokens)]), regions)
         return enc, boxes
+
+    def question_words(self, question: str) -> list[str]:
+        """The question's words as the model reads them; an empty question (no words) is a VarattnError."""
+        words = tokenize_question(question, self.config.data.max_question_len)
+        if not words:
+            raise VarattnError(f"the question {question!r} has no words: ask a question")
+        return words
+
+    def unknown_words(self, question: str) -> tuple[int, int]:
+        """``(unknown, total)``: how many of the question's words the model does not know (read as ``<unk>``)."""
+        words = self.question_words(question)
+        return sum(1 for w in words if w not in self.words), len(words)
 
     # -- answering -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -198,19 +209,19 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | None = "aut
     """Load ``RUN_DIR/{best,last}`` with its config and vocabularies onto ``device``."""
     target = resolve_device(device)
     run_dir = Path(run_dir)
-    if not (run_dir / RUN_FILE).is_file():
-        raise VarattnError(f"{run_dir} is not a varattn run directory (no {RUN_FILE})")
-    info = load_json(run_dir / RUN_FILE)
-    if info.get("task") != "vqa":
-        raise VarattnError(f"{run_dir} holds a {info.get('task', 'nmt')} run, not a VQA run")
-    cfg = VQAConfig.from_dict(info["config"])
-    model_cfg = VQAModelConfig.from_dict(info["model"])
-    objective = make_objective(cfg.mode, **cfg.objective)
-    model = VQAModel(model_cfg, with_inference=objective.uses_posterior)
+    info = read_run_info(run_dir, "vqa")
+    cfg = parse_section(run_dir, "config", lambda: VQAConfig.from_dict(info["config"]))
+    model_cfg = parse_section(run_dir, "model", lambda: VQAModelConfig.from_dict(info["model"]))
+    objective = parse_section(run_dir, "config", lambda: make_objective(cfg.mode, **cfg.objective))
+    check_files(run_dir, info)
+    words = Vocab.load(run_dir / WORDS_FILE, WORD_SPECIALS)
+    check_size(run_dir / WORDS_FILE, len(words), model_cfg.num_words, f"model's word embedding ({RUN_FILE})")
+    answers = Vocab.load(run_dir / ANSWERS_FILE)
+    check_size(run_dir / ANSWERS_FILE, len(answers), model_cfg.num_answers, f"model's answer layer ({RUN_FILE})")
+    model = VQAModel(model_cfg, with_inference=objective.uses_posterior, with_precision=objective.needs_precision)
     meta = load_weights(model, run_dir / which)
     model.to(target).eval()
-    return TrainedVQA(run_dir, cfg, model, objective, Vocab.load(run_dir / WORDS_FILE, WORD_SPECIALS),
-                      Vocab.load(run_dir / ANSWERS_FILE), meta)
+    return TrainedVQA(run_dir, cfg, model, objective, words, answers, meta)
 
 
 __all__ = ["BatchSpec", "Regions", "TrainedVQA", "load_run"]

@@ -78,7 +78,8 @@ class VQATask(Task):
 
     # -- model -----------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        return VQAModel(self.model_cfg, with_inference=self.objective.uses_posterior)
+        return VQAModel(self.model_cfg, with_inference=self.objective.uses_posterior,
+                        with_precision=self.objective.needs_precision)
 
     # -- training --------------------------------------------------------------------------------------
     def train_batches(self, epoch: int) -> list[BatchSpec]:
