@@ -285,8 +285,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: all cores)")
     parser.add_argument("--skip-onmt", action="store_true", help="run only our side")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    parser.add_argument("--markdown", default=str(speed.REPO / "docs" / "benchmarks.md"),
-                        help="file whose OpenNMT-py table to (re)write ('-': none)")
+    parser.add_argument("--markdown", default=None, metavar="PATH",
+                        help="also (re)write the OpenNMT-py table in PATH (the record: docs/benchmarks.md); "
+                             "by default the docs are left alone")
     args = parser.parse_args(argv)
     threads = args.threads or os.cpu_count() or 1
     data = speed.data_dir(args.data)
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     report["ours"]["decode"] = decode_ours(model, src_vocab, src, args.decode_sentences, args.decode_len)
     report["onmt_error"] = error
     table = markdown(report)
-    if args.markdown != "-":
+    if args.markdown not in (None, "-"):
         speed.write_markdown(Path(args.markdown), table, "opennmt_compare.py")
     print(json.dumps(report, indent=1) if args.json else table)
 

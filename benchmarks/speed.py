@@ -34,9 +34,9 @@ pairs, then measures:
 ``--plain`` measures with every fast path of ``varattn.kernels`` off (``VARATTN_FAST=0`` in the
 workers' environment; the machine line records which).
 
-``--json`` prints one JSON object (``machine``, then ``results[config][mode]``); a markdown table
-with the machine description is written to ``docs/benchmarks.md`` or ``--markdown PATH``
-(``--markdown -`` skips it). The data directory is ``--data``, else ``$VARATTN_DATA``, else ``data/iwslt14``
+``--json`` prints one JSON object (``machine``, then ``results[config][mode]``); otherwise a markdown
+table with the machine description is printed. ``--markdown PATH`` also writes it into PATH between its
+markers (``--markdown docs/benchmarks.md`` updates the record; by default no file is touched). The data directory is ``--data``, else ``$VARATTN_DATA``, else ``data/iwslt14``
 relative to the repository root (where ``varattn prepare iwslt14 URL_OR_ARCHIVE data/iwslt14`` writes it).
 """
 
@@ -460,8 +460,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plain", action="store_true",
                         help="every fast path of varattn.kernels off (VARATTN_FAST=0 in the workers)")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    parser.add_argument("--markdown", default=str(REPO / "docs" / "benchmarks.md"),
-                        help="file to write the table into ('-': none)")
+    parser.add_argument("--markdown", default=None, metavar="PATH",
+                        help="also write the table into PATH (the record: docs/benchmarks.md); by default the "
+                             "docs are left alone, so a quick run never overwrites the record")
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.threads = args.threads or os.cpu_count() or 1
@@ -510,7 +511,7 @@ def main(argv: list[str] | None = None) -> None:
             onednn = report["matmul_peak"]["onednn_gflops"]
             r["frac_of_onednn_peak"] = r["gflop_per_s"] / onednn if onednn else None
         report["results"][config] = results
-    if args.markdown != "-":
+    if args.markdown not in (None, "-"):
         write_markdown(Path(args.markdown), markdown(report), table_name(args.device, args.precision))
     if args.json:
         print(json.dumps(report, indent=1))

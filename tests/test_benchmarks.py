@@ -49,3 +49,18 @@ def test_speed_json_report_has_every_required_figure(precision, tmp_path):
     table = markdown.read_text(encoding="utf-8")
     name = "speed.py" if precision == "fp32" else "speed.py cpu bf16"
     assert f"<!-- {name} table begin -->" in table and "| var-sample |" in table
+
+
+def test_a_default_speed_run_leaves_the_docs_alone(tmp_path):
+    """The record in docs/benchmarks.md is written only with --markdown: a quick run must not replace it."""
+    pairs = make_splits(seed=0, n_train=40, n_valid=0, n_test=0)["train"]
+    (tmp_path / "valid.de.bpe").write_text("".join(" ".join(p.src) + "\n" for p in pairs), encoding="utf-8")
+    (tmp_path / "valid.en.bpe").write_text("".join(" ".join(p.tgt) + "\n" for p in pairs), encoding="utf-8")
+    record = (REPO / "docs" / "benchmarks.md").read_bytes()
+    cmd = [sys.executable, str(REPO / "benchmarks" / "speed.py"), "--configs", "small", "--modes", "soft",
+           "--repeats", "1", "--min-seconds", "0", "--batch-size", "8", "--decode-sentences", "0", "--threads", "1",
+           "--device", "cpu", "--data", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| soft |" in done.stdout  # the table is printed
+    assert (REPO / "docs" / "benchmarks.md").read_bytes() == record
