@@ -178,7 +178,7 @@ def converged_table(groups: dict[str, list[dict]], modes: list[str], split: str)
         ppl = _spread([e["ppl"] for e in evs])
         if evs[0].get("importance_samples"):
             ppl += f" (IS, {evs[0]['importance_samples']} samples)"
-        stopped = sorted({("cap" if (r.get("stopped") or "").startswith("budget") else "converged") for r in group})
+        stopped = sorted({_stopped(r) for r in group})
         lines.append(
             f"| {mode} | {len(group)} | {ppl} | {_spread([e.get('elbo_ppl') for e in evs])} "
             f"| {_spread([e.get('kmax_ppl') for e in evs])} | {_spread([figure(r, split, 'bleu') for r in group])} "
@@ -204,6 +204,17 @@ def progress_lines(progress: list[dict]) -> list[str]:
         lines.append(f"| {r['run']} | {r['epochs_done']:g} | {_fmt(pts[-1]['ppl'])} | {_fmt(r['best_valid_ppl'])} "
                      f"| {improving} | {_minutes(r['train_wall_s'])} |")
     return lines + [""]
+
+
+def _stopped(result: dict) -> str:
+    """``converged`` (early stop), or ``cap`` with the last epoch's change of the validation metric."""
+    if not (result.get("stopped") or "").startswith("budget"):
+        return "converged"
+    pts = result.get("curve") or []
+    if len(pts) < 2:
+        return "cap"
+    change = 100 * (pts[-1]["ppl"] / pts[-2]["ppl"] - 1)
+    return f"cap ({change:+.1f} % in the last epoch)"
 
 
 def plot_converged_curves(groups: dict[str, list[dict]], modes: list[str], path: Path,
