@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from varattn.latent import MaskedCategorical, MaskedDirichlet
+from varattn.latent import MaskedCategorical, MaskedDirichlet, kmax
 from varattn.latent.toy import flat_grad, make_toy
 
 
@@ -161,3 +161,62 @@ def test_enumeration_never_scores_more_rows_than_the_chunk():
     seen.clear()
     toy.problem(chunk_rows=9).emission.log_prob(torch.softmax(toy.prior_scores, -1)).sum().backward()
     assert max(seen) <= 9
+
+
+# -- inside torch.distributions -------------------------------------------------------------------
+def test_both_are_torch_distributions_and_kl_divergence_dispatches_to_them():
+    logits, mask = _padded_logits(5, [4, 2, 3], t=2)
+    other, _ = _padded_logits(6, [4, 2, 3], t=2)
+    p, q = MaskedCategorical(logits, mask), MaskedCategorical(other, mask)
+    assert isinstance(p, torch.distributions.Distribution)
+    assert p.batch_shape == (3, 2) and p.event_shape == ()
+    torch.testing.assert_close(torch.distributions.kl_divergence(q, p), q.kl(p), rtol=0, atol=0)
+    a = torch.rand(3, 2, 4, dtype=torch.float64) + 0.2
+    b = torch.rand(3, 2, 4, dtype=torch.float64) + 0.2
+    dp, dq = MaskedDirichlet(a, mask), MaskedDirichlet(b, mask)
+    assert isinstance(dp, torch.distributions.Distribution) and dp.has_rsample
+    assert dp.batch_shape == (3, 2) and dp.event_shape == (4,)
+    torch.testing.assert_close(torch.distributions.kl_divergence(dq, dp), dq.kl(dp), rtol=0, atol=0)
+    for i, n in enumerate([4, 2, 3]):  # brute force: torch's own distributions on the real positions
+        ref_q = torch.distributions.Dirichlet(b[i, :, :n])
+        ref_p = torch.distributions.Dirichlet(a[i, :, :n])
+        torch.testing.assert_close(torch.distributions.kl_divergence(dq, dp)[i],
+                                   torch.distributions.kl_divergence(ref_q, ref_p))
+        cat_q = torch.distributions.Categorical(logits=other[i, :, :n])
+        cat_p = torch.distributions.Categorical(logits=logits[i, :, :n])
+        torch.testing.assert_close(torch.distributions.kl_divergence(q, p)[i],
+                                   torch.distributions.kl_divergence(cat_q, cat_p))
+
+
+def test_kl_divergence_gradients_are_nan_free_with_padding():
+    logits, mask = _padded_logits(0, [3, 1, 2])
+    logits = logits.clone().requires_grad_()
+    other, _ = _padded_logits(1, [3, 1, 2])
+    kl = torch.distributions.kl_divergence(MaskedCategorical(logits, mask), MaskedCategorical(other, mask)).sum()
+    (grad,) = torch.autograd.grad(kl, logits)
+    assert torch.isfinite(grad).all() and not grad[1, :, 1:].any()
+    a = torch.full((3, 2, 3), 0.7, dtype=torch.float64, requires_grad=True)
+    kl = torch.distributions.kl_divergence(MaskedDirichlet(a, mask), MaskedDirichlet(torch.ones_like(a), mask))
+    (grad,) = torch.autograd.grad(kl.sum(), a)
+    assert torch.isfinite(kl).all() and torch.isfinite(grad).all() and not grad[1, :, 1:].any()
+
+
+def test_sample_shapes_follow_torch():
+    logits, mask = _padded_logits(2, [3, 2])
+    p = MaskedCategorical(logits, mask)
+    assert p.sample().shape == (2, 2) and p.sample(4).shape == (4, 2, 2) and p.sample((3, 5)).shape == (3, 5, 2, 2)
+    assert not p.sample((50,))[:, 1].eq(2).any()  # never a padded position
+    d = MaskedDirichlet(torch.ones(2, 2, 3), mask)
+    assert d.rsample().shape == (2, 2, 3) and d.sample(4).shape == (4, 2, 2, 3)
+    assert d.rsample((2, 3)).shape == (2, 3, 2, 2, 3)
+
+
+def test_kmax_keeps_every_tie_at_the_kth_score():
+    """The K-max of decoding and K-max perplexity: ties at the K-th highest score are all kept."""
+    scores = torch.tensor([[1.0, 3.0, 2.0, 2.0, float("-inf")], [0.0, 0.0, 0.0, 5.0, 1.0]])
+    kept = kmax(scores, 2)
+    assert torch.isfinite(kept).tolist() == [[False, True, True, True, False], [False, False, False, True, True]]
+    assert kmax(scores, 5) is scores and kmax(scores, None) is scores
+    torch.testing.assert_close(kept[torch.isfinite(kept)], scores[torch.isfinite(kept)])
+    top = MaskedCategorical(scores.unsqueeze(0), torch.isfinite(scores).unsqueeze(0)).topk(2)
+    assert (top.probs[0] > 0).tolist() == torch.isfinite(kept).tolist()

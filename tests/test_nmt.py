@@ -201,7 +201,7 @@ def test_predicted_tokens_are_the_argmax_of_the_exact_next_word_distribution(tin
         problem = model.problem(batch, with_posterior=False)
         problem.emission.chunk_rows = chunk_rows
         with torch.no_grad():
-            guess = predicted_tokens(problem, head, trained.objective)
+            guess = predicted_tokens(problem, trained.objective)
             log_alpha = problem.prior().log_probs  # (B, T, S)
             for b, t in batch.tgt_mask.nonzero().tolist():
                 real = batch.source_mask[b]

@@ -60,3 +60,24 @@ def test_the_section_must_be_a_mapping():
     with pytest.raises(VarattnError, match="objective must be a mapping"):
         objective_section("var-enum", [1, 2])
     assert objective_section("var-gumbel", {"temperature": "0.5", "rws": {"num_samples": 2}}) == {"temperature": 0.5}
+
+
+def test_what_is_checked_is_what_the_objective_declares():
+    """Names, types and ranges come from the objective classes (``Objective.option_schema``), for every task."""
+    from varattn.latent import objective_class
+
+    schema = objective_class("var-relaxed").option_schema()
+    assert schema["warmup_steps"].default == 0 and schema["warmup_steps"].type is int
+    assert objective_section("var-relaxed", {"precision_bounds": [1, 50]}) == {"precision_bounds": [1.0, 50.0]}
+    for setting, needle in [({"precision_bounds": [50, 1]}, "objective.precision_bounds must be two numbers"),
+                            ({"proposal": "p"}, "objective.proposal must be defensive or q"),
+                            ({"concentration": "cube"}, "objective.concentration must be mean-precision or exp")]:
+        with pytest.raises(VarattnError, match=needle):
+            objective_section("var-relaxed", setting)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_declared_choice_is_checked_in_both_tasks(task):
+    load, name = TASKS[task]
+    with pytest.raises(VarattnError, match="objective.var-relaxed.proposal must be defensive or q"):
+        load(name, {"mode": "soft"}, ["objective.var-relaxed.proposal=prior"])

@@ -11,8 +11,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from varattn.errors import VarattnError
-from varattn.latent import make_objective, mode_names
+from varattn.latent import (
+    AlignmentProblem,
+    ContextPredictor,
+    LossTerms,
+    Objective,
+    Option,
+    make_objective,
+    mode_names,
+    objective_class,
+    objectives,
+    register,
+)
+from varattn.latent.options import positive
 from varattn.latent.toy import flat_grad, make_toy
+from varattn.objective_options import objective_section
 
 ALL_MODES = mode_names()
 
@@ -232,3 +245,118 @@ def test_expected_alignments_per_mode(mode):
                 assert not post[b, t, n:].any()
     assert objective.supports_kmax == (not objective.alignment_is_dirichlet)
     assert (objective.importance_samples is not None) == objective.alignment_is_dirichlet
+
+
+# -- the registry and the options an objective declares ----------------------------------------------
+class _Halved(Objective):
+    """A tenth objective for the registry tests: the marginal likelihood, halved."""
+
+    name = "halved"
+    description = "half the marginal likelihood (a test objective)"
+    option_rules = {"factor": positive}
+
+    def __init__(self, factor: float = 0.5):
+        self.factor = factor
+
+    def loss(self, problem: AlignmentProblem) -> LossTerms:
+        log_marginal = self.score(problem).log_likelihood
+        return LossTerms(-(self.factor * log_marginal).sum(), {"nll": -log_marginal.detach()}, problem.target_mask)
+
+
+@pytest.fixture()
+def registry(monkeypatch):
+    """The registry, restored after the test."""
+    monkeypatch.setattr(objectives, "_REGISTRY", dict(objectives._REGISTRY))
+    return objectives._REGISTRY
+
+
+def test_a_registered_objective_is_listed_last_and_usable(registry):
+    register(_Halved)
+    assert mode_names() == [*ALL_MODES, "halved"]
+    objective = make_objective("halved", factor=0.25)
+    toy = make_toy(2)
+    terms = objective.loss(toy.problem())
+    log_marginal = make_objective("marginal").score(toy.problem()).log_likelihood
+    torch.testing.assert_close(terms.surrogate, -0.25 * log_marginal.sum())
+    assert objective_class("halved").option_schema()["factor"] == Option("factor", float, 0.5, positive)
+    with pytest.raises(VarattnError, match="a name of its own"):
+        register(_Halved)
+
+
+def test_a_registered_objectives_options_are_checked_from_its_declaration(registry):
+    register(_Halved)
+    assert objective_section("halved", {"factor": "0.1"}) == {"factor": 0.1}
+    with pytest.raises(VarattnError, match="objective.factor must be positive"):
+        objective_section("halved", {"factor": -1})
+    with pytest.raises(VarattnError, match="objective.halved.factor must be a number"):
+        objective_section("soft", {"halved": {"factor": "big"}})
+
+
+def test_a_rule_must_name_an_option():
+    class Misspelt(_Halved):
+        name = "misspelt"
+        option_rules = {"facter": positive}
+
+    with pytest.raises(VarattnError, match="names no option: facter"):
+        Misspelt.option_schema()
+
+
+# -- the predictive rule ------------------------------------------------------------------------------
+def _predictor_problem(seed=4):
+    toy = make_toy(seed, batch=3, tgt_len=2, src_len=4, lengths=[4, 2, 3])
+    problem = toy.problem()
+    n, s = 6, 4
+    query = toy.query.reshape(n, -1)  # (B*T, Dq)
+    memory = toy.memory.repeat_interleave(2, 0)  # (B*T, S, Dc): each target row with its sentence's memory
+    scores = problem.prior_scores.detach().reshape(n, s)  # (B*T, S), -inf at padding
+    return toy, ContextPredictor(toy.head, query, memory), scores
+
+
+@pytest.mark.parametrize("mode", ["marginal", "soft", "var-relaxed", "var-enum"])
+def test_predictive_rules_against_one_position_at_a_time(mode):
+    """marginal: log sum_i p_i f(x, i); soft and the relaxed prior mean: log f(x, E_p[z]); every word."""
+    toy, predictor, scores = _predictor_problem()
+    objective = make_objective(mode)
+    with torch.no_grad():
+        got = objective.predict_log_probs(predictor, scores)  # (N, V)
+        p = torch.softmax(scores, -1)  # (N, S)
+        if objective.predicts_mixture:
+            eye = torch.eye(4, dtype=p.dtype)
+            each = torch.stack([predictor.log_probs(eye[i].expand_as(p)) for i in range(4)], 1)  # (N, S, V)
+            want = torch.log((p.unsqueeze(-1) * each.exp()).sum(1))
+        else:
+            want = predictor.log_probs(p)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got.exp().sum(-1), torch.ones(6, dtype=got.dtype))
+
+
+def test_sampled_rule_averages_the_output_over_prior_dirichlet_draws():
+    toy, predictor, scores = _predictor_problem()
+    objective = make_objective("var-relaxed")
+    with torch.no_grad():
+        torch.manual_seed(3)
+        got = objective.predict_log_probs(predictor, scores, samples=7)
+        torch.manual_seed(3)
+        z = objective.prediction_sampler(7)(scores)  # (K, N, S)
+        want = torch.stack([predictor.log_probs(z[k]) for k in range(7)]).exp().mean(0).log()
+    torch.testing.assert_close(got, want)
+    with pytest.raises(VarattnError, match="exactly"):
+        make_objective("marginal").predict_log_probs(predictor, scores, samples=2)
+
+
+def test_the_emissions_predictor_agrees_with_the_plain_one():
+    """Teacher-forced prediction (accuracy): the emission's predictor against ``ContextPredictor`` row by row."""
+    toy = make_toy(8, batch=2, tgt_len=3, src_len=4, lengths=[4, 2], tgt_lengths=[3, 2])
+    for chunk_rows in (1, 5, 1000):
+        problem = toy.problem(chunk_rows=chunk_rows)
+        scores = problem.prior_scores.detach()
+        plain = ContextPredictor(toy.head, toy.query.reshape(6, -1), toy.memory.repeat_interleave(3, 0))
+        for mode in ("marginal", "soft"):
+            objective = make_objective(mode)
+            with torch.no_grad():
+                got = objective.predict_log_probs(problem.emission.predictor(), scores)  # (B, T, V)
+                want = objective.predict_log_probs(plain, scores.reshape(6, 4)).reshape(2, 3, -1)
+            real = toy.target_mask
+            torch.testing.assert_close(got[real], want[real])
+            if mode == "marginal":
+                assert torch.isinf(got[~real]).all()

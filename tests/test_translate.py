@@ -13,7 +13,7 @@ import torch
 from varattn.align import parse_pharaoh
 from varattn.cli import main
 from varattn.errors import VarattnError
-from varattn.latent import make_objective, mode_names
+from varattn.latent import ContextPredictor, make_objective, mode_names
 from varattn.nmt.model import LatentAlignmentNMT, ModelConfig
 from varattn.nmt.search import (
     BOS_ID,
@@ -54,6 +54,11 @@ def greedy(model, src, lengths, objective=MARGINAL, **options):
     return greedy_search(model, src, lengths, objective, DecodingOptions(beam=1, **options))
 
 
+def exact_rule(model, query, scores, enc, predictive="marginal"):
+    """``(N, V)`` the predictive rule on the plain output layer (``ContextPredictor``: the mixture in log space)."""
+    return RULES[predictive].predict_log_probs(ContextPredictor(model.head, query, enc.memory), scores)
+
+
 def teacher_forced(model, src_ids, seq, predictive="marginal", topk=None):
     """Per-token log-probabilities of ``seq + </s>`` and the prior at each step, one sentence."""
     src, lengths = pad_batch([src_ids])
@@ -63,7 +68,7 @@ def teacher_forced(model, src_ids, seq, predictive="marginal", topk=None):
         prev, logps, priors = BOS_ID, [], []
         for tok in [*seq, EOS_ID]:
             query, scores, state = model.step(model.tgt_embed(torch.tensor([prev])), state, enc, topk)
-            logps.append(float(model.next_token_log_probs(query, scores, enc, predictive == "marginal")[0, tok]))
+            logps.append(float(exact_rule(model, query, scores, enc, predictive)[0, tok]))
             priors.append(torch.softmax(scores, -1)[0])
             prev = tok
     return logps, torch.stack(priors)
@@ -82,7 +87,7 @@ def brute_force(model, src_ids, max_len, alpha=0.0, eos_norm=0.0, predictive="ma
 
         def walk(prefix, state, prev, total):
             query, scores, state = model.step(model.tgt_embed(torch.tensor([prev])), state, enc, topk)
-            logp = model.next_token_log_probs(query, scores, enc, predictive == "marginal")[0].tolist()
+            logp = exact_rule(model, query, scores, enc, predictive)[0].tolist()
             n = len(prefix)
             raw = total + logp[EOS_ID] - eos_norm * len(src_ids) / (n + 2)
             scored.append((raw / length_penalty(n + 1, alpha), prefix, total + logp[EOS_ID]))
@@ -198,7 +203,7 @@ def test_fast_marginal_equals_the_models_rule(chunk, tiny, scale, monkeypatch):
     with torch.no_grad():
         for k in (1, 2, 3, None):
             query, scores, _ = model.step(emb, state, enc, k)
-            expected = model.next_token_log_probs(query, scores, enc, True)
+            expected = exact_rule(model, query, scores, enc)
             assert torch.isfinite(expected).all() and (expected.min() < -200) == (scale > 1)
             torch.testing.assert_close(next_log_probs(model, query, scores, enc, MARGINAL), expected)
             context_pre = model.head.context_part(enc.memory)

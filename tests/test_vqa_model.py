@@ -76,7 +76,7 @@ def test_exact_likelihood_matches_enumeration_over_regions(mode):
         want = _brute_force(model, batch)
         assert torch.allclose(got.double(), want, atol=1e-5), (got, want)
         # the full answer distribution agrees at the gold answers and sums to one
-        full = model.answer_log_probs(enc, True)  # (B, A)
+        full = model.answer_log_probs(enc, objective)  # (B, A)
         assert torch.allclose(torch.logsumexp(full, -1), torch.zeros(3), atol=1e-5)
         at_gold = full.gather(1, batch.answers) * batch.answer_mask
         assert torch.allclose(at_gold.double(), want, atol=1e-5)

@@ -5,6 +5,10 @@ and, under a key named after a mode, options for that mode alone (``var-relaxed:
 so one config serves every mode (``varattn.latent.mode_options``). Every per-mode section is checked
 against its own mode, so a typo in a mode that is not trained is still an error.
 
+What is checked (names, types, ranges) is what each objective class declares
+(``Objective.option_schema``: its constructor's signature and ``option_rules``); nothing here knows
+any objective's options.
+
 It sits between the tasks and the training core in the layers (docs/architecture.md): it needs the
 core's option checks and the latent registry, and both tasks import it.
 """
@@ -15,11 +19,13 @@ from typing import Any
 
 from varattn.errors import VarattnError
 from varattn.latent import mode_names, mode_options, objective_class
-from varattn.training.config import check_options, non_negative, positive
+from varattn.training.config import check_options
 
-#: range checks of objective options, by name (the names come from the objectives' constructors)
-OBJECTIVE_RULES = {"num_samples": positive, "eval_samples": positive, "warmup_steps": non_negative,
-                   "temperature": positive}
+
+def _check(key: str, mode: str, options: Any) -> dict[str, Any]:
+    """``options`` checked against mode ``mode``'s declared schema; ``key`` names the section in messages."""
+    schema = {name: (opt.type, opt.rule) for name, opt in objective_class(mode).option_schema().items()}
+    return check_options(key, schema, options)
 
 
 def objective_section(mode: str, options: Any) -> dict[str, Any]:
@@ -35,5 +41,5 @@ def objective_section(mode: str, options: Any) -> dict[str, Any]:
             section = options[name]
             if not isinstance(section, dict):
                 raise VarattnError(f"objective.{name} must be a mapping of that mode's options, got {section!r}")
-            check_options(f"objective.{name}", objective_class(name), section, OBJECTIVE_RULES)
-    return check_options("objective", objective_class(mode), mode_options(mode, options), OBJECTIVE_RULES)
+            _check(f"objective.{name}", name, section)
+    return _check("objective", mode, mode_options(mode, options))

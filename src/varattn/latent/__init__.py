@@ -3,6 +3,7 @@
 from varattn.latent.distributions import (
     MaskedCategorical,
     MaskedDirichlet,
+    kmax,
     masked_log_softmax,
     relaxed_concentration,
 )
@@ -17,24 +18,41 @@ from varattn.latent.objectives import (
     mode_names,
     mode_options,
     objective_class,
+    register,
+)
+from varattn.latent.options import Option
+from varattn.latent.prediction import (
+    ContextPredictor,
+    EmissionPredictor,
+    PredictiveHead,
+    Predictor,
+    mixture_from_each,
 )
 
 __all__ = [
-    "AlignmentSampler",
-    "mode_options",
     "AlignmentProblem",
+    "AlignmentSampler",
     "ContextEmission",
+    "ContextPredictor",
     "Emission",
+    "EmissionPredictor",
     "LinearSoftmaxHead",
     "LossTerms",
     "MaskedCategorical",
     "MaskedDirichlet",
     "Objective",
+    "Option",
     "OutputHead",
+    "PredictiveHead",
+    "Predictor",
     "Scores",
+    "kmax",
     "make_objective",
     "masked_log_softmax",
+    "mixture_from_each",
     "mode_names",
+    "mode_options",
     "objective_class",
+    "register",
     "relaxed_concentration",
 ]

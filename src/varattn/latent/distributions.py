@@ -8,14 +8,49 @@ entropies or KL divergences, and no NaN appears in values or gradients.
 
 Everything is computed in log space; probabilities are only exponentiated where a caller
 needs weights.
+
+Both distributions are ``torch.distributions.Distribution`` subclasses (batch shape ``(B, T)``;
+the categorical's event is a position, the Dirichlet's a point of the simplex ``(S,)``), and their
+KL divergences are registered with ``torch.distributions.kl.register_kl``, so
+``torch.distributions.kl_divergence(q, p)`` applies to them.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+from torch.distributions import Distribution, constraints
+from torch.distributions.kl import register_kl
+
+from varattn.errors import VarattnError
 
 NEG_INF = float("-inf")
+
+
+#: the sample shape of one draw
+_ONE = torch.Size()
+
+
+def _sample_shape(shape: int | tuple[int, ...] | torch.Size) -> torch.Size:
+    """A sample shape from an int (``K`` draws: ``(K,)``) or a shape, as torch's ``sample`` takes it."""
+    return torch.Size((shape,)) if isinstance(shape, int) else torch.Size(shape)
+
+
+def kmax(scores: Tensor, k: int | None) -> Tensor:
+    """The paper's K-max: keep the ``k`` highest scores along the last dim, the rest become ``-inf``.
+
+    ``scores`` ``(..., S)`` may hold ``-inf`` at padding. Every score equal to the ``k``-th highest is
+    kept (ties can keep more than ``k``); a row with at most ``k`` real positions keeps them all.
+    ``k`` None, or at least ``S``, keeps everything.
+    """
+    if k is None or k >= scores.shape[-1]:
+        return scores
+    if k < 1:
+        raise VarattnError(f"K-max needs k >= 1, got {k}")
+    kth = scores.topk(k, dim=-1).values[..., -1:]  # (..., 1)
+    return scores.masked_fill(scores < kth, NEG_INF)
 
 
 def masked_log_softmax(logits: Tensor, mask: Tensor) -> Tensor:
@@ -43,8 +78,10 @@ def _xlogy_terms(log_p: Tensor, values: Tensor) -> Tensor:
     return (p * safe).sum(-1)
 
 
-class MaskedCategorical:
+class MaskedCategorical(Distribution):
     """Categorical distribution over source positions, padded positions excluded.
+
+    Batch shape ``(B, T)``, event shape ``()`` (a position in ``[0, S)``).
 
     Args:
         logits: ``(B, T, S)`` scores; padded positions may hold anything (``-inf`` too).
@@ -55,17 +92,27 @@ class MaskedCategorical:
         mask: the mask expanded to ``(B, T, S)``.
     """
 
+    arg_constraints: dict = {}
+
     def __init__(self, logits: Tensor, mask: Tensor):
-        self.mask = mask.expand_as(logits)
-        self.log_probs = masked_log_softmax(logits, self.mask)
+        mask = mask.expand_as(logits)
+        self._setup(masked_log_softmax(logits, mask), mask)
+
+    def _setup(self, log_probs: Tensor, mask: Tensor) -> None:
+        self.mask = mask
+        self.log_probs = log_probs
+        super().__init__(batch_shape=log_probs.shape[:-1], validate_args=False)
 
     @classmethod
     def from_log_probs(cls, log_probs: Tensor, mask: Tensor) -> MaskedCategorical:
         """Wrap already-normalised log-probabilities (``-inf`` at padding)."""
         dist = cls.__new__(cls)
-        dist.mask = mask.expand_as(log_probs)
-        dist.log_probs = log_probs
+        dist._setup(log_probs, mask.expand_as(log_probs))
         return dist
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return constraints.integer_interval(0, self.log_probs.shape[-1] - 1)
 
     @property
     def probs(self) -> Tensor:
@@ -77,11 +124,12 @@ class MaskedCategorical:
         lp = self.log_probs.expand(index.shape + self.log_probs.shape[-1:])
         return lp.gather(-1, index.unsqueeze(-1)).squeeze(-1)
 
-    def sample(self, num_samples: int = 1) -> Tensor:
-        """Draw ``num_samples`` positions per target token: ``(K, B, T)`` int64."""
+    def sample(self, sample_shape: int | tuple[int, ...] | torch.Size = _ONE) -> Tensor:
+        """Positions ``sample_shape + (B, T)`` int64; an int ``K`` draws ``(K, B, T)``."""
+        shape = _sample_shape(sample_shape)
         probs = self.probs.reshape(-1, self.probs.shape[-1])  # (B*T, S)
-        idx = torch.multinomial(probs, num_samples, replacement=True)  # (B*T, K)
-        return idx.t().reshape((num_samples,) + self.log_probs.shape[:-1])
+        idx = torch.multinomial(probs, max(1, math.prod(shape)), replacement=True)  # (B*T, K)
+        return idx.t().reshape(shape + self.log_probs.shape[:-1])  # (K...) + (B, T)
 
     def one_hot(self, index: Tensor) -> Tensor:
         """One-hot weights ``(..., B, T, S)`` for positions ``index`` ``(..., B, T)``."""
@@ -92,34 +140,31 @@ class MaskedCategorical:
         return -_xlogy_terms(self.log_probs, self.log_probs)
 
     def kl(self, other: MaskedCategorical) -> Tensor:
-        """``(B, T)`` KL(self || other) from log-probabilities.
-
-        Computed as sum_i q_i (log q_i - log p_i) over positions with q_i > 0, so padding
-        (where both are ``-inf``) and underflowed prior mass never produce NaN.
-        """
-        return _xlogy_terms(self.log_probs, self.log_probs - other.log_probs)
+        """``(B, T)`` KL(self || other), as ``torch.distributions.kl_divergence(self, other)``."""
+        return _kl_categorical(self, other)
 
     def expectation(self, values: Tensor) -> Tensor:
         """``(B, T)`` sum_i p_i values_i; ``values`` ``(B, T, S)`` is ignored at padding."""
         return _xlogy_terms(self.log_probs, values)
 
     def topk(self, k: int) -> MaskedCategorical:
-        """The paper's K-max: keep the ``k`` most probable positions and renormalise.
+        """The paper's K-max (:func:`kmax`): keep the ``k`` most probable positions and renormalise.
 
-        Positions outside the top ``k`` (and padding) get ``-inf``; when a row has fewer
-        than ``k`` real positions all of them are kept.
+        Positions outside the top ``k`` (and padding) get probability 0; every position tied with
+        the ``k``-th is kept; when a row has fewer than ``k`` real positions all of them are kept.
         """
-        if k <= 0:
-            raise ValueError(f"top-k needs k >= 1, got {k}")
-        s = self.log_probs.shape[-1]
-        if k >= s:
-            return self
-        kth = self.log_probs.topk(k, dim=-1).values[..., -1:]  # (B, T, 1)
-        keep = self.log_probs >= kth
-        # Ties at the k-th value could keep more than k; break them by position.
-        rank = torch.cumsum(keep.to(torch.int64), dim=-1)
-        keep = keep & (rank <= k) & self.mask
-        return MaskedCategorical(self.log_probs, keep)
+        kept = kmax(self.log_probs, k)
+        return self if kept is self.log_probs else MaskedCategorical(kept, self.mask)
+
+
+@register_kl(MaskedCategorical, MaskedCategorical)
+def _kl_categorical(p: MaskedCategorical, q: MaskedCategorical) -> Tensor:
+    """``(B, T)`` KL(p || q) from log-probabilities.
+
+    Computed as sum_i p_i (log p_i - log q_i) over positions with p_i > 0, so padding (where both
+    are ``-inf``) and underflowed mass of ``q`` never produce NaN.
+    """
+    return _xlogy_terms(p.log_probs, p.log_probs - q.log_probs)
 
 
 #: the transforms of :func:`relaxed_concentration`; ``mean-precision`` is the default of the relaxed objective
@@ -159,8 +204,10 @@ def relaxed_concentration(scores: Tensor, transform: str = "exp", precision_scor
     raise ValueError(f"unknown concentration transform {transform!r}; valid: {', '.join(CONCENTRATIONS)}")
 
 
-class MaskedDirichlet:
+class MaskedDirichlet(Distribution):
     """Dirichlet distribution over the simplex of the *real* source positions.
+
+    Batch shape ``(B, T)``, event shape ``(S,)``.
 
     Variable source lengths in one batch are handled through the Gamma construction:
     ``g_i ~ Gamma(alpha_i, 1)`` at real positions, ``g_i = 0`` at padding, ``z = g / sum g``.
@@ -173,19 +220,30 @@ class MaskedDirichlet:
         mask: bool, broadcastable to ``(B, T, S)``.
     """
 
+    arg_constraints: dict = {}
+    support = constraints.simplex
+    has_rsample = True
+
     def __init__(self, concentration: Tensor, mask: Tensor):
         self.mask = mask.expand_as(concentration)
         self.concentration = torch.where(self.mask, concentration, torch.ones_like(concentration))
+        super().__init__(batch_shape=concentration.shape[:-1], event_shape=concentration.shape[-1:],
+                         validate_args=False)
 
     def _total(self) -> Tensor:
         return (self.concentration * self.mask).sum(-1)  # (B, T)
 
-    def rsample(self, num_samples: int = 1) -> Tensor:
-        """``(K, B, T, S)`` reparameterised samples, exactly 0 at padding."""
+    def rsample(self, sample_shape: int | tuple[int, ...] | torch.Size = _ONE) -> Tensor:
+        """``sample_shape + (B, T, S)`` reparameterised samples (an int ``K``: ``(K, B, T, S)``), 0 at padding."""
         gamma = torch.distributions.Gamma(self.concentration, torch.ones_like(self.concentration))
-        g = gamma.rsample((num_samples,)) * self.mask  # (K, B, T, S)
+        g = gamma.rsample(_sample_shape(sample_shape)) * self.mask  # (K, B, T, S)
         g = g.clamp_min(torch.finfo(g.dtype).tiny) * self.mask
         return g / g.sum(-1, keepdim=True)
+
+    def sample(self, sample_shape: int | tuple[int, ...] | torch.Size = _ONE) -> Tensor:
+        """Like :meth:`rsample`, without gradients."""
+        with torch.no_grad():
+            return self.rsample(sample_shape)
 
     def log_prob(self, z: Tensor) -> Tensor:
         """``(..., B, T)`` log density of samples ``z`` ``(..., B, T, S)``."""
@@ -226,12 +284,22 @@ class MaskedDirichlet:
         )
 
     def kl(self, other: MaskedDirichlet) -> Tensor:
-        """``(B, T)`` analytic KL(self || other) over the real positions."""
-        a, b, m = self.concentration, other.concentration, self.mask
-        a0, b0 = self._total(), other._total()
-        return (
-            torch.lgamma(a0)
-            - torch.lgamma(b0)
-            - ((torch.lgamma(a) - torch.lgamma(b)) * m).sum(-1)
-            + ((a - b) * (torch.digamma(a) - torch.digamma(a0).unsqueeze(-1)) * m).sum(-1)
-        )
+        """``(B, T)`` KL(self || other), as ``torch.distributions.kl_divergence(self, other)``."""
+        return _kl_dirichlet(self, other)
+
+
+@register_kl(MaskedDirichlet, MaskedDirichlet)
+def _kl_dirichlet(p: MaskedDirichlet, q: MaskedDirichlet) -> Tensor:
+    """``(B, T)`` analytic KL(p || q) over the real positions of ``p``'s mask (the two share it).
+
+    torch's own Dirichlet KL cannot be reused: padded positions hold concentration 1, which would
+    enter its totals.
+    """
+    a, b, m = p.concentration, q.concentration, p.mask
+    a0, b0 = p._total(), q._total()
+    return (
+        torch.lgamma(a0)
+        - torch.lgamma(b0)
+        - ((torch.lgamma(a) - torch.lgamma(b)) * m).sum(-1)
+        + ((a - b) * (torch.digamma(a) - torch.digamma(a0).unsqueeze(-1)) * m).sum(-1)
+    )

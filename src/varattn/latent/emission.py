@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from varattn import kernels
+from varattn.latent.prediction import EmissionPredictor, Predictor
 
 
 def full_precision(x: Tensor) -> Tensor:
@@ -39,6 +40,11 @@ class Emission(Protocol):
 
     def log_prob_all(self) -> Tensor:
         """``(B, T, S)``: ``log f(x, i)_{y_t}`` for every source position ``i``."""
+        ...
+
+    def predictor(self) -> Predictor:
+        """The same output layer over every output word, rows ``(B, T)`` (see ``varattn.latent.prediction``):
+        what accuracy and other teacher-forced predictions use."""
         ...
 
 
@@ -73,7 +79,7 @@ class ContextEmission:
         target_mask: ``(B, T)`` bool; rows at target padding are never evaluated by
             ``log_prob_all`` (their output is 0).
         chunk_rows: the most rows (query-position pairs) that go through the non-linear part
-            of the head at once.
+            of the head at once (in ``predictor().log_mixture`` too).
         source_mask: ``(B, S)`` bool, True at real source positions, or None (every position
             is real). ``log_prob_all`` evaluates real positions only and gives 0 at the others
             (where every alignment distribution puts no mass).
@@ -96,6 +102,11 @@ class ContextEmission:
         self.chunk_rows = max(1, int(chunk_rows))
         self.query_pre = head.query_part(query)  # (B, T, D)
         self.memory_pre = head.context_part(memory)  # (B, S, D)
+
+    def predictor(self) -> Predictor:
+        """The teacher-forced ``EmissionPredictor`` over the same rows; the head must be a ``PredictiveHead``."""
+        return EmissionPredictor(self.head, self.query_pre, self.memory_pre, self.target_mask,  # type: ignore[arg-type]
+                                 self.source_mask, self.chunk_rows)
 
     def _score_rows(self, pre: Tensor, gold: Tensor) -> Tensor:
         """Run the head's non-linear part over ``pre (N, D)`` in chunks.
@@ -191,6 +202,11 @@ class LinearSoftmaxHead(nn.Module):
         self.context_proj = nn.Linear(context_dim, hidden_dim, bias=False)
         self.dropout = nn.Dropout(dropout)
         self.generator = nn.Linear(hidden_dim, num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        """``V``: the number of output classes."""
+        return self.generator.out_features
 
     def query_part(self, query: Tensor) -> Tensor:
         return kernels.linear(query, self.query_proj.weight, self.query_proj.bias)

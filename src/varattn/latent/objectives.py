@@ -22,19 +22,32 @@ Modes (names used everywhere: CLI, configs, checkpoints, docs):
 
 The soft baseline is ``B = log f(x, E_p[z])`` computed with the *prior*, detached, per
 token (paper Eq. 1); it needs no parameters of its own.
+
+An objective is also the mode's *predictive rule* (``predict_log_probs``: how a trained model scores
+every output word, for decoding, accuracy and answering) and declares its options
+(``option_rules`` beside its constructor's signature: see ``varattn.latent.options``). The registry
+keeps registration order, which below is the paper's.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from varattn.errors import VarattnError
-from varattn.latent.distributions import MaskedCategorical, MaskedDirichlet, relaxed_concentration
+from varattn.latent.distributions import (
+    CONCENTRATIONS,
+    MaskedCategorical,
+    MaskedDirichlet,
+    relaxed_concentration,
+)
 from varattn.latent.emission import Emission
+from varattn.latent.options import Option, Rule, increasing_pair, non_negative, one_of, option_schema, positive
+from varattn.latent.prediction import Predictor
 
 
 @dataclass
@@ -150,7 +163,8 @@ class Objective:
 
     Subclasses set ``name`` and ``uses_posterior`` and implement ``loss``; ``score``
     (evaluation) defaults to the exact marginal over the prior, valid for every
-    categorical latent model.
+    categorical latent model, and ``predict_log_probs`` to the marginal predictive rule.
+    Options are the constructor's keyword parameters, with range rules in ``option_rules``.
     """
 
     name: str = ""
@@ -168,6 +182,13 @@ class Objective:
     #: whether the model must give precision scores (``AlignmentProblem.prior_precision`` and
     #: ``posterior_precision``) besides the attention scores: a head of one output per target token
     needs_precision: bool = False
+    #: range checks of the constructor's options, by name (names, types and defaults come from the signature)
+    option_rules: ClassVar[dict[str, Rule]] = {}
+
+    @classmethod
+    def option_schema(cls) -> dict[str, Option]:
+        """``{name: Option(type, default, rule)}``: every option of this mode, checked the same way for every task."""
+        return option_schema(cls)
 
     @property
     def predicts_mixture(self) -> bool:
@@ -176,8 +197,34 @@ class Objective:
 
     @property
     def supports_kmax(self) -> bool:
-        """Whether K-max (keep the K best prior positions) applies: categorical and soft models."""
+        """Whether K-max (``varattn.latent.kmax``: keep the K best prior positions) applies: categorical and soft
+        models."""
         return not self.alignment_is_dirichlet
+
+    def predict_log_probs(self, predictor: Predictor, scores: Tensor, precision: Tensor | None = None,
+                          samples: int | None = None) -> Tensor:
+        """``(N, V)`` ``log p(y = w | x)`` of every output word ``w``: the mode's predictive rule.
+
+        Args:
+            predictor: the output layer (``varattn.latent.prediction.Predictor``) over ``N`` rows (or the
+                rows' shape it takes: ``(B, T)`` for ``ContextEmission.predictor()``).
+            scores: ``(N, S)`` prior scores, ``-inf`` where the prior has no mass (padding, outside K-max).
+            precision: ``(N,)`` the prior Dirichlet's precision scores (``AlignmentProblem.prior_precision``),
+                for sampled alignments of relaxed models; None elsewhere.
+            samples: average the output over this many alignments sampled from the prior
+                (``prediction_sampler``: relaxed models only, an error elsewhere); None: the mode's own rule.
+
+        The rules (``predictive``): ``marginal``, ``log sum_i p_i f(x, i)`` (``predictor.log_mixture``);
+        ``soft`` and ``prior-mean``, ``log f(x, E_p[z])`` at ``p = softmax(scores)`` (for the relaxed model
+        the normalised prior weights, the Dirichlet's mean when the concentrations are ``exp(scores)``);
+        sampled, ``log 1/K sum_k f(x, z_k)``.
+        """
+        if samples is not None:
+            weights = self.prediction_sampler(samples)(scores, precision)  # (K, N, S)
+            return torch.logsumexp(predictor.log_probs(weights), dim=0) - math.log(weights.shape[0])
+        if self.predicts_mixture:
+            return predictor.log_mixture(scores)
+        return predictor.log_probs(torch.log_softmax(scores, -1).exp())
 
     def prior_log_mean(self, problem: AlignmentProblem) -> Tensor:
         """``(B, T, S)`` log of the prior's expected alignment (``-inf`` at source padding).
@@ -223,13 +270,19 @@ _REGISTRY: dict[str, type[Objective]] = {}
 
 
 def register(cls: type[Objective]) -> type[Objective]:
-    """Class decorator adding an objective to the registry under ``cls.name``."""
+    """Class decorator adding an objective to the registry under ``cls.name``, after those registered before.
+
+    The name must be new; its options are checked here, so a misdeclared schema fails at import.
+    """
+    if not cls.name or cls.name in _REGISTRY:
+        raise VarattnError(f"an objective needs a name of its own, got {cls.name!r} ({cls.__name__})")
+    cls.option_schema()
     _REGISTRY[cls.name] = cls
     return cls
 
 
 def mode_names() -> list[str]:
-    """The valid mode names, in the paper's order."""
+    """The valid mode names, in registration order (the paper's order, then any registered later)."""
     return list(_REGISTRY)
 
 
@@ -360,6 +413,8 @@ class HardSample(Objective):
     name = "hard-sample"
     description = "hard attention, sampled from the prior, REINFORCE with the soft baseline"
 
+    option_rules = {"num_samples": positive}
+
     def __init__(self, num_samples: int = 1, baseline: bool = True):
         self.num_samples = num_samples
         self.baseline = baseline
@@ -413,6 +468,8 @@ class VariationalSample(_Variational):
     name = "var-sample"
     description = "variational attention, one sample from q, REINFORCE with the soft baseline"
 
+    option_rules = {"num_samples": positive}
+
     def __init__(self, num_samples: int = 1, baseline: bool = True):
         self.num_samples = num_samples
         self.baseline = baseline
@@ -424,67 +481,6 @@ class VariationalSample(_Variational):
         kl = q.kl(prior)  # analytic, gradient into q and p
         per_token = {"nll": _masked(kl - value, mask).detach(), **self._figures(prior, q, kl, mask), **stats}
         return LossTerms(_total(kl - surrogate, mask), per_token, mask)
-
-
-@register
-class VariationalGumbel(_Variational):
-    """``log f(x, z~) - KL(q || p)`` with ``z~ = softmax((log q + g) / tau)``, pathwise.
-
-    The relaxed sample is used directly as soft weights (no straight-through);
-    ``temperature`` is the paper's tau (0.1 in the authors' runs).
-    """
-
-    name = "var-gumbel"
-    description = "Gumbel-softmax relaxation of the categorical q"
-
-    def __init__(self, temperature: float = 0.1, num_samples: int = 1):
-        if temperature <= 0:
-            raise ValueError("temperature must be positive")
-        self.temperature = temperature
-        self.num_samples = num_samples
-
-    def loss(self, problem: AlignmentProblem) -> LossTerms:
-        mask = problem.target_mask
-        prior, q = problem.prior(), problem.posterior()
-        shape = (self.num_samples,) + q.log_probs.shape
-        u = torch.rand(shape, dtype=q.log_probs.dtype, device=q.log_probs.device)
-        gumbel = -torch.log(-torch.log(u + 1e-20) + 1e-20)
-        z = torch.softmax((q.log_probs + gumbel) / self.temperature, dim=-1)  # (K, B, T, S)
-        log_f = problem.emission.log_prob(z).mean(0)  # (B, T)
-        kl = q.kl(prior)
-        per_token = {"nll": _masked(kl - log_f, mask).detach(), **self._figures(prior, q, kl, mask)}
-        return LossTerms(_total(kl - log_f, mask), per_token, mask)
-
-
-@register
-class ReweightedWakeSleep(_Variational):
-    """Wake-phase updates of reweighted wake-sleep (Ba et al. 2015) with K samples from q.
-
-    With normalised importance weights ``w_k ∝ p(z_k) f(x, z_k) / q(z_k)`` (detached), the
-    surrogate maximises ``sum_k w_k [log f(x, z_k) + log p(z_k) + log q(z_k)]``: the model's
-    wake update and q's wake update. The KL is reported, not optimised.
-    """
-
-    name = "rws"
-    description = "reweighted wake-sleep with K samples"
-
-    def __init__(self, num_samples: int = 5):
-        self.num_samples = num_samples
-
-    def loss(self, problem: AlignmentProblem) -> LossTerms:
-        mask = problem.target_mask
-        prior, q = problem.prior(), problem.posterior()
-        z = q.sample(self.num_samples)  # (K, B, T)
-        log_f = problem.emission.log_prob(q.one_hot(z))  # (K, B, T)
-        log_p, log_q = prior.log_prob(z), q.log_prob(z)
-        log_w = log_p - log_q + log_f
-        weights = torch.softmax(log_w.detach(), dim=0)  # (K, B, T)
-        surrogate = (weights * (log_f + log_p + log_q)).sum(0)
-        # log (1/K sum_k w_k): the importance-weighted bound, a lower bound on log p(y_t).
-        iwae = torch.logsumexp(log_w.detach(), dim=0) - math.log(self.num_samples)
-        kl = q.kl(prior)
-        per_token = {"nll": _masked(-iwae, mask), **self._figures(prior, q, kl, mask)}
-        return LossTerms(_total(-surrogate, mask), per_token, mask)
 
 
 @dataclass
@@ -547,6 +543,8 @@ class VariationalRelaxed(Objective):
     sample_chunk = 16
     description = "variational relaxed attention (Dirichlet, reparameterised)"
     PROPOSALS = ("defensive", "q")
+    option_rules = {"num_samples": positive, "concentration": one_of(*CONCENTRATIONS), "warmup_steps": non_negative,
+                    "eval_samples": positive, "precision_bounds": increasing_pair, "proposal": one_of(*PROPOSALS)}
 
     def __init__(
         self,
@@ -554,7 +552,7 @@ class VariationalRelaxed(Objective):
         concentration: str = "mean-precision",
         warmup_steps: int = 0,
         eval_samples: int = 50,
-        precision_bounds: tuple[float, float] | list[float] = (1.0, 100.0),
+        precision_bounds: list[float] = (1.0, 100.0),  # a pair (low, high); a list in configs
         posterior_residual: bool = True,
         proposal: str = "defensive",
     ):
@@ -688,6 +686,67 @@ def _offset(base: Tensor | None, delta: Tensor | None) -> Tensor | None:
     return base.detach() if delta is None else base.detach() + delta
 
 
-# The paper's order for listings; registration order above differs only for readability.
-_ORDER = ["soft", "marginal", "hard-enum", "hard-sample", "var-enum", "var-sample", "var-relaxed", "var-gumbel", "rws"]
-_REGISTRY = {name: _REGISTRY[name] for name in _ORDER}
+
+@register
+class VariationalGumbel(_Variational):
+    """``log f(x, z~) - KL(q || p)`` with ``z~ = softmax((log q + g) / tau)``, pathwise.
+
+    The relaxed sample is used directly as soft weights (no straight-through);
+    ``temperature`` is the paper's tau (0.1 in the authors' runs).
+    """
+
+    name = "var-gumbel"
+    description = "Gumbel-softmax relaxation of the categorical q"
+
+    option_rules = {"temperature": positive, "num_samples": positive}
+
+    def __init__(self, temperature: float = 0.1, num_samples: int = 1):
+        if temperature <= 0:
+            raise ValueError("temperature must be positive")
+        self.temperature = temperature
+        self.num_samples = num_samples
+
+    def loss(self, problem: AlignmentProblem) -> LossTerms:
+        mask = problem.target_mask
+        prior, q = problem.prior(), problem.posterior()
+        shape = (self.num_samples,) + q.log_probs.shape
+        u = torch.rand(shape, dtype=q.log_probs.dtype, device=q.log_probs.device)
+        gumbel = -torch.log(-torch.log(u + 1e-20) + 1e-20)
+        z = torch.softmax((q.log_probs + gumbel) / self.temperature, dim=-1)  # (K, B, T, S)
+        log_f = problem.emission.log_prob(z).mean(0)  # (B, T)
+        kl = q.kl(prior)
+        per_token = {"nll": _masked(kl - log_f, mask).detach(), **self._figures(prior, q, kl, mask)}
+        return LossTerms(_total(kl - log_f, mask), per_token, mask)
+
+
+@register
+class ReweightedWakeSleep(_Variational):
+    """Wake-phase updates of reweighted wake-sleep (Ba et al. 2015) with K samples from q.
+
+    With normalised importance weights ``w_k ∝ p(z_k) f(x, z_k) / q(z_k)`` (detached), the
+    surrogate maximises ``sum_k w_k [log f(x, z_k) + log p(z_k) + log q(z_k)]``: the model's
+    wake update and q's wake update. The KL is reported, not optimised.
+    """
+
+    name = "rws"
+    description = "reweighted wake-sleep with K samples"
+
+    option_rules = {"num_samples": positive}
+
+    def __init__(self, num_samples: int = 5):
+        self.num_samples = num_samples
+
+    def loss(self, problem: AlignmentProblem) -> LossTerms:
+        mask = problem.target_mask
+        prior, q = problem.prior(), problem.posterior()
+        z = q.sample(self.num_samples)  # (K, B, T)
+        log_f = problem.emission.log_prob(q.one_hot(z))  # (K, B, T)
+        log_p, log_q = prior.log_prob(z), q.log_prob(z)
+        log_w = log_p - log_q + log_f
+        weights = torch.softmax(log_w.detach(), dim=0)  # (K, B, T)
+        surrogate = (weights * (log_f + log_p + log_q)).sum(0)
+        # log (1/K sum_k w_k): the importance-weighted bound, a lower bound on log p(y_t).
+        iwae = torch.logsumexp(log_w.detach(), dim=0) - math.log(self.num_samples)
+        kl = q.kl(prior)
+        per_token = {"nll": _masked(-iwae, mask), **self._figures(prior, q, kl, mask)}
+        return LossTerms(_total(-surrogate, mask), per_token, mask)

@@ -19,32 +19,16 @@ from varattn.nmt.batching import Batch
 from varattn.nmt.model import LatentAlignmentNMT
 
 
-def predicted_tokens(problem: AlignmentProblem, head, objective: Objective) -> torch.Tensor:
-    """``(B, T)`` most probable next word at each teacher-forced step (0 at target padding).
+def predicted_tokens(problem: AlignmentProblem, objective: Objective) -> torch.Tensor:
+    """``(B, T)`` most probable next word at each teacher-forced step under ``objective``'s predictive rule.
 
-    Uses ``objective``'s predictive rule (see ``LatentAlignmentNMT.next_token_log_probs``).
-    The marginal rule's argmax is that of the mixture ``sum_i p_i f(x, i)``, taken in
-    probability space (``LinearSoftmaxHead.mixture``, as beam search does, instead of a
-    log-sum-exp over ``S``: the same argmax, several times faster), for real (target row,
-    source position) pairs only, target rows in chunks of at most the emission's
-    ``chunk_rows`` pairs.
+    ``objective.predict_log_probs`` on the emission's predictor (``ContextEmission.predictor``: the
+    marginal rule's mixture summed in probability space over real pairs, target rows in chunks of at
+    most the emission's ``chunk_rows`` pairs; its argmax is that of ``log sum_i p_i f(x, i)``). Target
+    padding gets word 0 under the marginal rule.
     """
-    emission = problem.emission
-    log_alpha = problem.prior().log_probs  # (B, T, S)
-    if objective.predicts_mixture:
-        alpha = log_alpha.exp()
-        out = torch.zeros(alpha.shape[:2], dtype=torch.long, device=alpha.device)
-        rows_b, rows_t = problem.target_mask.nonzero(as_tuple=True)  # (N,), (N,)
-        per_chunk = max(1, emission.chunk_rows // alpha.shape[-1])
-        for start in range(0, rows_b.shape[0], per_chunk):
-            b, t = rows_b[start : start + per_chunk], rows_t[start : start + per_chunk]  # (R,)
-            row, pos = problem.source_mask[b].nonzero(as_tuple=True)  # the chunk's real pairs (P,)
-            pb, pt = b[row], t[row]
-            pre = emission.query_pre[pb, pt] + emission.memory_pre[pb, pos]  # (P, D)
-            out[b, t] = head.mixture(pre, alpha[pb, pt, pos], row, b.shape[0]).argmax(-1)  # (R, V) -> (R,)
-        return out
-    pre = emission.query_pre + torch.matmul(log_alpha.exp(), emission.memory_pre)  # (B, T, D)
-    return head.log_probs(pre).argmax(-1)
+    scores = problem.prior_scores.masked_fill(~problem.mask3, float("-inf"))  # (B, T, S)
+    return objective.predict_log_probs(problem.emission.predictor(), scores).argmax(-1)
 
 
 def _safe_exp(x: float) -> float:
@@ -97,7 +81,7 @@ def evaluation_sums(
             kmax = objective.score(model.problem(batch, False, topk))
             sums["kmax"] = sums.get("kmax", 0.0) + float(kmax.log_likelihood.sum())
         if accuracy:
-            guess = predicted_tokens(problem, model.head, objective)
+            guess = predicted_tokens(problem, objective)
             correct += int(((guess == batch.tgt_out) & mask).sum())
         tokens += int(mask.sum())
         sentences += len(batch)

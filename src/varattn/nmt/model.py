@@ -4,19 +4,27 @@ The recurrent pass is the same in every mode: the decoder is fed the *soft* prio
 ``c_t = sum_i p(z_t = i) x_i`` (input feeding), so one pass yields the query ``h_t`` and the
 prior scores for every target step. What differs by mode happens afterwards, in the latent
 layer (``varattn.latent``): which alignment distribution is used and how the output
-``f(x, z)`` is evaluated.
+``f(x, z)`` is evaluated. Prediction too is the objective's (``Objective.predict_log_probs``, on the
+output layer at a decoder step: ``varattn.nmt.search.StepPredictor``); K-max is ``varattn.latent.kmax``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
 from varattn import kernels
-from varattn.latent import AlignmentProblem, ContextEmission, LinearSoftmaxHead, LossTerms, Objective, Scores
+from varattn.latent import (
+    AlignmentProblem,
+    ContextEmission,
+    LinearSoftmaxHead,
+    LossTerms,
+    Objective,
+    Scores,
+    kmax,
+)
 from varattn.latent.emission import full_precision
 from varattn.nmt.batching import Batch
 
@@ -118,14 +126,6 @@ class Encoded:
         return Encoded(self.memory[index], self.memory_proj[index], self.source_mask[index])
 
 
-def truncate_topk(scores: Tensor, k: int | None) -> Tensor:
-    """Keep the ``k`` highest scores along the last dim (the paper's K-max); the rest -> -inf."""
-    if k is None or k >= scores.shape[-1]:
-        return scores
-    kth = scores.topk(k, dim=-1).values[..., -1:]
-    return scores.masked_fill(scores < kth, NEG_INF)
-
-
 def _full(x: Tensor | None) -> Tensor | None:
     return None if x is None else full_precision(x)
 
@@ -203,7 +203,7 @@ class LatentAlignmentNMT(nn.Module):
         query = x  # (B, Dd)
         energy = torch.tanh(kernels.linear(query, self.attn_query.weight).unsqueeze(1) + enc.memory_proj)  # (B, S, A)
         scores = full_precision(self.attn_v(energy).squeeze(-1)).masked_fill(~enc.source_mask, NEG_INF)  # (B, S)
-        scores = truncate_topk(scores, topk)
+        scores = kmax(scores, topk)
         context = torch.bmm(torch.softmax(scores, -1).unsqueeze(1), enc.memory).squeeze(1)  # (B, Dm)
         return query, scores, DecoderState(hidden, context)
 
@@ -248,7 +248,7 @@ class LatentAlignmentNMT(nn.Module):
                 x = self.dropout(hidden[i]) if i + 1 < len(cells) else hidden[i]
             energy = torch.tanh(attn_query(x).unsqueeze(1) + enc.memory_proj)  # (B, S, A)
             scores = full_precision(self.attn_v(energy).squeeze(-1)).masked_fill(not_source, NEG_INF)  # (B, S)
-            scores = truncate_topk(scores, topk)
+            scores = kmax(scores, topk)
             feed = torch.bmm(torch.softmax(scores, -1).unsqueeze(1), enc.memory).squeeze(1)  # (B, Dm)
             queries.append(x)
             all_scores.append(scores)
@@ -284,31 +284,3 @@ class LatentAlignmentNMT(nn.Module):
 
     def score(self, batch: Batch, objective: Objective, topk: int | None = None) -> Scores:
         return objective.score(self.problem(batch, objective.uses_posterior and topk is None, topk))
-
-    # -- prediction ----------------------------------------------------------------------
-    def next_token_log_probs(self, query: Tensor, scores: Tensor, enc: Encoded, mixture: bool) -> Tensor:
-        """``log p(y_t = w | x, y_<t)`` for every word: ``(B, V)``.
-
-        With ``mixture`` (the objective's ``predicts_mixture``) the alignment is summed out,
-        ``log sum_i p_i f(x, i)``; otherwise the output is evaluated at the expected context
-        under the prior, ``log f(x, E_p[z])`` (soft attention, and the relaxed models' prior mean).
-        """
-        log_alpha = torch.log_softmax(scores, -1)  # (B, S)
-        q_pre = self.head.query_part(query)  # (B, D)
-        if mixture:
-            pre = q_pre.unsqueeze(1) + self.head.context_part(enc.memory)  # (B, S, D)
-            log_f = self.head.log_probs(pre)  # (B, S, V)
-            return torch.logsumexp(log_alpha.unsqueeze(-1) + log_f, dim=1)
-        context = torch.bmm(log_alpha.exp().unsqueeze(1), enc.memory).squeeze(1)  # (B, Dm)
-        return self.head.log_probs(q_pre + self.head.context_part(context))
-
-    def sampled_token_log_probs(self, query: Tensor, scores: Tensor, enc: Encoded, sampler) -> Tensor:
-        """``log 1/K sum_k f(x, z_k)`` for every word ``(B, V)``, ``z_k = sampler(scores)`` ``(K, B, S)``.
-
-        The sampled predictive rule of relaxed models (``Objective.prediction_sampler``).
-        """
-        weights = sampler(scores, self.prior_precision(query))  # (K, B, S)
-        context = torch.matmul(weights.unsqueeze(-2), enc.memory).squeeze(-2)  # (K, B, Dm)
-        q_pre = self.head.query_part(query)  # (B, D)
-        log_f = self.head.log_probs(q_pre + self.head.context_part(context))  # (K, B, V)
-        return torch.logsumexp(log_f, dim=0) - math.log(weights.shape[0])

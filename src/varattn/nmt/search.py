@@ -2,15 +2,16 @@
 
 What a hypothesis is scored with
 --------------------------------
-Every step asks the model for ``log p(y_t = w | x, y_<t)`` over the whole vocabulary
-(``model.next_token_log_probs``) under the *predictive rule* of the objective the search is
-given (``objective.predictive``; the search itself only asks ``objective.predicts_mixture``
-and ``objective.supports_kmax``):
+Every step asks the objective the search is given for ``log p(y_t = w | x, y_<t)`` over the whole
+vocabulary: ``objective.predict_log_probs`` applies the mode's *predictive rule*
+(``objective.predictive``) to the step's ``StepPredictor`` (the output layer at this step) and
+prior scores; the search itself only asks ``objective.predicts_mixture`` (to project the source
+once per batch) and ``objective.supports_kmax``:
 
 * ``marginal`` (every categorical latent mode: marginal, hard-*, var-*, rws): the exact
   mixture ``log sum_i p(z_t = i) f(x, i)_w``, which costs one output layer per source
-  position (O(S) per token), like the authors' ``translate.py``. ``next_log_probs`` computes
-  it for real positions only (not padding), summed as probabilities, with a log-space
+  position (O(S) per token), like the authors' ``translate.py``. ``StepPredictor.log_mixture``
+  computes it for real positions only (not padding), summed as probabilities, with a log-space
   fallback where they underflow.
 * ``soft`` (soft attention): the output at the expected context ``sum_i p_i x_i``.
 * ``prior-mean`` (var-relaxed): the output at the mean of the prior Dirichlet, i.e. at the
@@ -59,14 +60,14 @@ import torch
 from torch import Tensor
 
 from varattn.errors import VarattnError
-from varattn.latent import Objective
+from varattn.latent import ContextPredictor, Objective
 from varattn.nmt.batching import pad_ids
 from varattn.nmt.model import Encoded, LatentAlignmentNMT
 from varattn.nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = [
-    "BOS_ID", "EOS_ID", "PAD_ID", "DecodingOptions", "Hypothesis", "Translation", "beam_search", "decode",
-    "greedy_search", "length_penalty", "max_output_length", "next_log_probs", "pad_batch",
+    "BOS_ID", "EOS_ID", "PAD_ID", "DecodingOptions", "Hypothesis", "StepPredictor", "Translation", "beam_search",
+    "decode", "greedy_search", "length_penalty", "max_output_length", "next_log_probs", "pad_batch",
 ]
 
 NEG_INF = float("-inf")
@@ -190,13 +191,8 @@ class DecodingOptions:
         if self.topk is not None and not objective.supports_kmax:
             raise VarattnError(f"--topk (K-max) applies to categorical and soft models, not to {objective.name} "
                                "(its alignment is a Dirichlet)")
-        self.sampler_for(objective)  # sampled alignments: a one-line error where the model has none
-
-    def sampler_for(self, objective: Objective):
-        """The alignment sampler of ``sample_alignments`` (None when not sampling)."""
-        if self.sample_alignments is None:
-            return None
-        return objective.prediction_sampler(int(self.sample_alignments))
+        if self.sample_alignments is not None:  # sampled alignments: a one-line error where the model has none
+            objective.prediction_sampler(int(self.sample_alignments))
 
     def max_output_length(self, src_len: int) -> int:
         """Most tokens (``</s>`` not counted) produced for a source of ``src_len`` tokens."""
@@ -214,54 +210,67 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def next_log_probs(model: LatentAlignmentNMT, query: Tensor, scores: Tensor, enc: Encoded, objective: Objective,
-                   context_pre: Tensor | None = None) -> Tensor:
-    """``model.next_token_log_probs`` under ``objective.predictive``, faster for the marginal rule.
+class StepPredictor(ContextPredictor):
+    """The output layer at one decoder step (rows ``N``: sentences or beam entries), for ``predict_log_probs``.
 
-    For ``marginal``, only the (row, position) pairs with a finite score go through the output
-    layer: padding and positions outside the K-max have zero weight, so a batch costs its real
-    source lengths (or K per row), not rows x the longest source. The mixture is summed as
-    probabilities, a few thousand pairs at a time (the intermediates stay in the CPU cache).
-    Rows where some word's mixture falls below ``MIX_TINY`` (where float32 probabilities lose
-    precision or underflow) are redone in log space. ``context_pre`` is
-    ``model.head.context_part(enc.memory)`` ``(N, S, D)``, which the searches compute once per
-    batch. The result equals ``model.next_token_log_probs`` up to float rounding (tested).
+    ``query (N, Dd)``, ``memory (N, S, Dm)`` (``Encoded.memory``); ``memory_pre`` is
+    ``model.head.context_part(enc.memory)`` ``(N, S, D)``, which the searches compute once per batch
+    (None: projected where needed). ``log_probs`` is ``ContextPredictor``'s; ``log_mixture`` is the fast
+    marginal below.
     """
-    if not objective.predicts_mixture:
-        return model.next_token_log_probs(query, scores, enc, mixture=False)
-    head = model.head
-    rows, cols = torch.isfinite(scores).nonzero(as_tuple=True)  # (M,) each, row-major
-    if context_pre is None:
-        context = head.context_part(enc.memory[rows, cols])  # (M, D)
-    else:
-        context = context_pre[rows, cols]
-    q_pre = head.query_part(query)  # (N, D)
-    pre = q_pre[rows] + context  # (M, D)
-    weights = torch.softmax(scores, -1)[rows, cols]  # (M,)
-    mix = head.mixture(pre, weights, rows, scores.shape[0], MIX_CHUNK_ELEMENTS)  # (N, V)
-    out = mix.log()
-    redo = (mix < MIX_TINY).any(-1).nonzero().flatten()
-    if redo.numel():
-        ctx = head.context_part(enc.memory[redo]) if context_pre is None else context_pre[redo]
-        log_f = head.log_probs(q_pre[redo].unsqueeze(1) + ctx)  # (r, S, V)
-        out[redo] = torch.logsumexp(torch.log_softmax(scores[redo], -1).unsqueeze(-1) + log_f, dim=1)
-    return out
+
+    def log_mixture(self, scores: Tensor) -> Tensor:
+        """``(N, S) -> (N, V)`` ``log sum_i softmax(scores)_i f(x, i)``, for real positions only.
+
+        Only the (row, position) pairs with a finite score go through the output layer: padding and
+        positions outside the K-max have zero weight, so a batch costs its real source lengths (or K
+        per row), not rows x the longest source. The mixture is summed as probabilities, a few thousand
+        pairs at a time (the intermediates stay in the CPU cache). Rows where some word's mixture falls
+        below ``MIX_TINY`` (where float32 probabilities lose precision or underflow) are redone in log
+        space. The result equals ``ContextPredictor.log_mixture`` up to float rounding (tested).
+        """
+        head = self.head
+        rows, cols = torch.isfinite(scores).nonzero(as_tuple=True)  # (M,) each, row-major
+        if self._memory_pre is None:
+            context = head.context_part(self.memory[rows, cols])  # (M, D)
+        else:
+            context = self._memory_pre[rows, cols]
+        pre = self.query_pre[rows] + context  # (M, D)
+        weights = torch.softmax(scores, -1)[rows, cols]  # (M,)
+        mix = head.mixture(pre, weights, rows, scores.shape[0], MIX_CHUNK_ELEMENTS)  # (N, V)
+        out = mix.log()
+        redo = (mix < MIX_TINY).any(-1).nonzero().flatten()
+        if redo.numel():
+            ctx = head.context_part(self.memory[redo]) if self._memory_pre is None else self._memory_pre[redo]
+            log_f = head.log_probs(self.query_pre[redo].unsqueeze(1) + ctx)  # (r, S, V)
+            out[redo] = torch.logsumexp(torch.log_softmax(scores[redo], -1).unsqueeze(-1) + log_f, dim=1)
+        return out
+
+
+def next_log_probs(model: LatentAlignmentNMT, query: Tensor, scores: Tensor, enc: Encoded, objective: Objective,
+                   context_pre: Tensor | None = None, samples: int | None = None) -> Tensor:
+    """``(N, V)`` ``log p(y_t = w | x, y_<t)`` of every word at one step: ``objective.predict_log_probs`` on the
+    step's ``StepPredictor``.
+
+    ``query (N, Dd)`` and prior ``scores (N, S)`` from ``model.step``; ``context_pre`` as in ``StepPredictor``;
+    ``samples``: predict from that many alignments sampled from the prior (relaxed models).
+    """
+    predictor = StepPredictor(model.head, query, enc.memory, context_pre)
+    precision = model.prior_precision(query) if samples is not None else None
+    return objective.predict_log_probs(predictor, scores, precision, samples)
 
 
 def _context_pre(model: LatentAlignmentNMT, enc: Encoded, objective: Objective) -> Tensor | None:
     return model.head.context_part(enc.memory) if objective.predicts_mixture else None
 
 
-def _step_log_probs(model, prev, state, enc, topk, objective, context_pre, sampler=None):
+def _step_log_probs(model, prev, state, enc, topk, objective, context_pre, samples=None):
     """One decoder step: (log-probs (N, V) with <pad>/<s> banned, prior (N, S), new state).
 
-    With ``sampler`` (``DecodingOptions.sampler_for``) the next word is predicted from sampled alignments.
+    With ``samples`` (``DecodingOptions.sample_alignments``) the next word is predicted from sampled alignments.
     """
     query, scores, state = model.step(model.tgt_embed(prev), state, enc, topk)
-    if sampler is not None:
-        logp = model.sampled_token_log_probs(query, scores, enc, sampler)
-    else:
-        logp = next_log_probs(model, query, scores, enc, objective, context_pre)
+    logp = next_log_probs(model, query, scores, enc, objective, context_pre, samples)
     logp[:, PAD_ID] = NEG_INF
     logp[:, BOS_ID] = NEG_INF
     return logp, torch.softmax(scores, -1), state
@@ -321,7 +330,7 @@ def greedy_search(
     with _eval_mode(model):
         enc = model.encode(src, src_lengths)
         context_pre = _context_pre(model, enc, objective)
-        sampler = options.sampler_for(objective)
+        samples = options.sample_alignments
         state = model.initial_state(B, device)
         active = torch.arange(B, device=device)
         src_len_f = src_lengths.float()
@@ -333,7 +342,7 @@ def greedy_search(
         model_sum = torch.zeros(B, device=device)
         for t in range(max(max_lens) + 1):
             logp, attn, state = _step_log_probs(model, prev, state, enc, topk, objective, context_pre,
-                                                sampler)
+                                                samples)
             search = _search_scores(logp, t, src_len_f, max_len_t, eos_norm)
             best, tok = search.max(dim=-1)
             search_sum = search_sum + best
@@ -382,7 +391,7 @@ def beam_search(
         rows = torch.arange(B, device=device).repeat_interleave(beam)  # row -> sentence
         enc = model.encode(src, src_lengths)
         context_pre = _context_pre(model, enc, objective)
-        sampler = options.sampler_for(objective)
+        samples = options.sample_alignments
         enc = enc.select(rows)
         context_pre = None if context_pre is None else context_pre[rows]
         state = model.initial_state(B * beam, device)
@@ -400,7 +409,7 @@ def beam_search(
         for t in range(max(max_lens) + 1):
             n = len(active)
             logp, attn, state = _step_log_probs(model, prev, state, enc, topk, objective, context_pre,
-                                                sampler)
+                                                samples)
             search = _search_scores(logp, t, src_len_f, max_len_t, eos_norm)
             cand = (beam_scores.unsqueeze(1) + search).view(n, beam * V)
             k2 = min(2 * beam, beam * V)

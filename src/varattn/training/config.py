@@ -11,7 +11,6 @@ with its section: ``model.dropout must be a number, got 'abc'``.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import types
 import typing
@@ -194,31 +193,23 @@ def build(cls: type[C], d: Mapping[str, Any], prefix: str = "", rules: Mapping[s
     return obj
 
 
-def check_options(key: str, target: Callable, options: Mapping[str, Any],
-                  rules: Mapping[str, Rule] | None = None) -> dict[str, Any]:
-    """Check ``options`` against the keyword parameters of ``target`` (e.g. an objective's constructor).
+def check_options(key: str, schema: Mapping[str, tuple[Any, Rule | None]],
+                  options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check ``options`` against ``schema``: ``{name: (type hint, range rule or None)}`` (an objective's options).
 
-    Known names, and the types their annotations (or defaults) declare; ``rules`` are range checks
-    by name. Returns the options with numbers coerced. ``key`` names the section (``objective``).
+    Known names, their types (numbers YAML reads as strings become numbers) and ranges. Returns the
+    options with numbers coerced. ``key`` names the section (``objective``).
     """
     if not isinstance(options, Mapping):
         raise VarattnError(f"{key} must be a mapping, got {options!r}")
-    params = {n: p for n, p in inspect.signature(target).parameters.items() if n != "self"
-              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    unknown = sorted(set(options) - set(params))
+    unknown = sorted(set(options) - set(schema))
     if unknown:
-        known = ", ".join(params) or "none"
+        known = ", ".join(schema) or "none"
         raise VarattnError(f"unknown {key} options: {', '.join(map(str, unknown))} (known: {known})")
-    try:
-        hints = typing.get_type_hints(target)
-    except (NameError, TypeError):
-        hints = {}
     out = {}
     for name, value in options.items():
-        default = params[name].default
-        hint = hints.get(name, type(default) if default not in (None, inspect.Parameter.empty) else Any)
+        hint, rule = schema[name]
         value = _coerce(f"{key}.{name}", value, hint)
-        rule = (rules or {}).get(name)
         problem = rule(value) if rule is not None and value is not None else None
         if problem:
             raise VarattnError(f"{key}.{name} {problem}, got {value!r}")

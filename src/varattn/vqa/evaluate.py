@@ -53,7 +53,7 @@ def batch_sums(model: VQAModel, objective: Objective, batch: Batch) -> dict[str,
         out["posterior_entropy"] = float((scores.figures["posterior_entropy"] * w).sum())
         out["posterior_scored"] = out["scored"]
     out["prior_entropy"] = float(prior.entropy().squeeze(1)[answerable].sum())
-    predicted = model.answer_log_probs(enc, objective.predicts_mixture).argmax(-1)  # (B,)
+    predicted = model.answer_log_probs(enc, objective).argmax(-1)  # (B,)
     earned = (batch.scores * (batch.answers == predicted.unsqueeze(1))).sum(1)  # (B,)
     out["correct"] = float(earned.sum())
     for kind, score in zip(batch.types, earned.tolist()):  # per answer type: "correct/yes/no", "count/yes/no"

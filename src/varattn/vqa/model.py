@@ -22,7 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from varattn.errors import VarattnError
-from varattn.latent import AlignmentProblem, ContextEmission, LinearSoftmaxHead, MaskedCategorical
+from varattn.latent import (
+    AlignmentProblem,
+    ContextEmission,
+    ContextPredictor,
+    LinearSoftmaxHead,
+    MaskedCategorical,
+    Objective,
+)
 
 REGION_ENCODERS = ("cnn", "features")
 CNN_REGIONS = ("wide", "local")
@@ -254,20 +261,16 @@ class VQAModel(nn.Module):
         """``p(z | x, x~)`` with batch shape ``(B, 1)`` over ``R`` regions."""
         return MaskedCategorical(self.prior_scores(enc).unsqueeze(1), enc.region_mask.unsqueeze(1))
 
+    def predictor(self, enc: Encoded) -> ContextPredictor:
+        """The output layer over every answer, one row per question (``N = B``, ``S = R``)."""
+        return ContextPredictor(self.head, enc.query, enc.regions, source_mask=enc.region_mask)
+
     def region_log_probs(self, enc: Encoded) -> Tensor:
         """``(B, R, A)``: ``log f(x, i)`` over every answer for every region ``i`` (0 at masked regions)."""
-        pre = self.head.query_part(enc.query).unsqueeze(1) + self.head.context_part(enc.regions)  # (B, R, H)
-        return self.head.log_probs(pre) * enc.region_mask.unsqueeze(-1)
+        return self.predictor(enc).log_probs_each()
 
-    def answer_log_probs(self, enc: Encoded, mixture: bool) -> Tensor:
-        """``(B, A)`` log-probabilities of every answer under an objective's predictive rule.
-
-        ``mixture`` (the objective's ``predicts_mixture``): ``log sum_i p(z = i) f(x, i)``; otherwise
-        ``log f`` at the expected region ``sum_i p(z = i) x_i`` (soft attention; the relaxed model's
-        prior mean).
-        """
-        prior = self.prior(enc)
-        if mixture:
-            return torch.logsumexp(prior.log_probs.transpose(1, 2) + self.region_log_probs(enc), dim=1)  # (B, A)
-        context = (prior.probs @ enc.regions).squeeze(1)  # (B, D)
-        return self.head.log_probs(self.head.query_part(enc.query) + self.head.context_part(context))
+    def answer_log_probs(self, enc: Encoded, objective: Objective) -> Tensor:
+        """``(B, A)`` log-probabilities of every answer under ``objective``'s predictive rule
+        (``Objective.predict_log_probs``: the exact marginal over regions, or the output at the prior's mean)."""
+        scores = self.prior_scores(enc).masked_fill(~enc.region_mask, float("-inf"))  # (B, R)
+        return objective.predict_log_probs(self.predictor(enc), scores)

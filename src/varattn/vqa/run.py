@@ -134,7 +134,7 @@ class TrainedVQA:
         ``features``: a feature file, default the run's validation features) for region-feature runs.
         """
         enc, _ = self._encode(question, image, image_id, features)
-        probs = self.model.answer_log_probs(enc, self.objective.predicts_mixture).exp()[0]  # (A,)
+        probs = self.model.answer_log_probs(enc, self.objective).exp()[0]  # (A,)
         values, index = probs.topk(min(top, probs.shape[0]))
         return [(self.answers.itos[i], float(v)) for v, i in zip(values.tolist(), index.tolist())]
 
