@@ -36,7 +36,8 @@ workers' environment; the machine line records which).
 
 ``--json`` prints one JSON object (``machine``, then ``results[config][mode]``); otherwise a markdown
 table with the machine description is printed. ``--markdown PATH`` also writes it into PATH between its
-markers (``--markdown docs/benchmarks.md`` updates the record; by default no file is touched). The data directory is ``--data``, else ``$VARATTN_DATA``, else ``data/iwslt14``
+markers (``--markdown docs/benchmarks.md`` updates the record; by default no file is touched).
+The data directory is ``--data``, else ``$VARATTN_DATA``, else ``data/iwslt14``
 relative to the repository root (where ``varattn prepare iwslt14 URL_OR_ARCHIVE data/iwslt14`` writes it).
 """
 
