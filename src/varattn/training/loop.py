@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from varattn.checkpoint import backup_path, save_checkpoint, save_json
+from varattn.checkpoint import backup_path, save_checkpoint
 from varattn.device import check_precision, precision_context, resolve_device
 from varattn.errors import VarattnError
+from varattn.fileio import save_json
 from varattn.training import distributed, rundir_lock
 from varattn.training.config import TrainingConfig
 from varattn.training.distributed import World
