@@ -25,7 +25,7 @@ import torch
 from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 import varattn
-from varattn.commands.bleu import quiet_bleu
+from varattn.bleu import quiet_bleu
 from varattn.data.corpus import read_lines
 
 REPO = Path(__file__).resolve().parent.parent

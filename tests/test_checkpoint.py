@@ -1,10 +1,8 @@
-"""Checkpoint storage: exact round trips, corruption detection, pickle refusal and crash safety."""
+"""Checkpoint directories: exact round trips, corruption detection, pickle refusal and crash safety."""
 
 from __future__ import annotations
 
-import copy
 import json
-import math
 import os
 import pickle
 import random
@@ -15,24 +13,13 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from varattn import checkpoint as ckpt
-from varattn.checkpoint import (
-    atomic_write_bytes,
-    atomic_write_text,
-    backup_path,
-    flatten_state,
-    load_checkpoint,
-    load_json,
-    recover,
-    save_checkpoint,
-    save_json,
-    unflatten_state,
-)
+from varattn.checkpoint import backup_path, load_checkpoint, recover, save_checkpoint
 from varattn.errors import VarattnError
+from varattn.fileio import atomic_write_text
 
 # --------------------------------------------------------------------------------------------------
 # helpers
@@ -46,28 +33,6 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
         return True
     return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
-
-def deep_equal(a, b) -> bool:
-    """Structural equality that also checks types (tuple != list, int != float, numpy dtypes)."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, torch.Tensor):
-        return same_bits(a, b) and a.requires_grad == b.requires_grad
-    if isinstance(a, np.ndarray):
-        return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-    if isinstance(a, np.generic):
-        return a.dtype == b.dtype and a.tobytes() == b.tobytes()
-    if isinstance(a, float):
-        return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(type(k1) is type(k2) and deep_equal(a[k1], b[k2]) for k1, k2 in zip(a, b))
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(deep_equal(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-def through_json(skeleton):
-    return json.loads(json.dumps(skeleton))
 
 
 def sample_tensors() -> dict[str, torch.Tensor]:
@@ -166,117 +131,6 @@ def test_save_rejects_bad_input(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(VarattnError, match="file"):
         save_checkpoint(tmp_path / "file", {"x": torch.zeros(1)}, {})
-
-
-def test_flatten_unflatten_exact():
-    t = torch.arange(6.0).reshape(2, 3)
-    state = {
-        0: {"step": torch.tensor(3.0), "same": t, "again": t},
-        "s": ["a", ("b", 1, 2.0, -0.0, float("nan"), float("inf")), None, True, False],
-        (1, "k"): 2**100,
-        2.5: b"\x00\xffbytes",
-        None: [],
-        "empty": (),
-        "np": np.arange(12, dtype=">i4").reshape(3, 4),  # big-endian kept
-        "npf": np.array([[1.5, np.nan]], dtype=np.float16),
-        "npb": np.array([True, False]),
-        "scalars": (np.float32(1.25), np.int64(-3), np.bool_(True), np.float64(2.0)),
-        "param": torch.nn.Parameter(torch.ones(2)),
-        "grad": torch.zeros(2, requires_grad=True),
-        "bf16": torch.tensor([1.5, -2.0], dtype=torch.bfloat16),
-        "nested": [[{"x": [(1,)]}]],
-    }
-    tensors, skeleton = flatten_state(state, prefix="opt/")
-    assert all(name.startswith("opt/") for name in tensors)
-    assert all(isinstance(v, torch.Tensor) for v in tensors.values())
-    restored = unflatten_state(tensors, through_json(skeleton))
-    assert deep_equal(restored, state)
-    assert restored[0]["same"] is restored[0]["again"]  # one tensor object stays one object
-    assert isinstance(restored["param"], torch.nn.Parameter)
-    assert restored["np"].dtype == np.dtype(">i4")
-
-
-def test_flatten_rejects_unsupported_values():
-    with pytest.raises(TypeError, match="set"):
-        flatten_state({"a": {1, 2}})
-    with pytest.raises(TypeError, match="key"):
-        flatten_state({frozenset(): 1})
-    with pytest.raises(TypeError, match="object"):
-        flatten_state({"a": np.array([object()])})
-
-
-def test_unflatten_rejects_inconsistent_skeleton():
-    tensors, skeleton = flatten_state({"w": torch.zeros(2)})
-    with pytest.raises(VarattnError, match="missing tensor"):
-        unflatten_state({}, skeleton)
-    with pytest.raises(VarattnError):
-        unflatten_state(tensors, {"root": 1})
-    with pytest.raises(VarattnError, match="unknown node"):
-        unflatten_state(tensors, {"varattn_state": 1, "root": {"type": "evil"}})
-
-
-def _tiny_setup(seed: int):
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2))
-    opt = torch.optim.Adam(model.parameters(), lr=0.05, betas=(0.8, 0.95), weight_decay=0.01)
-    return model, opt
-
-
-def _train(model, opt, steps: int) -> list[float]:
-    losses = []
-    for _ in range(steps):
-        x = torch.randn(3, 4) + random.random() + float(np.random.rand())
-        opt.zero_grad()
-        loss = model(x).pow(2).mean()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
-def test_optimizer_and_rng_states_resume_bit_identically(tmp_path):
-    random.seed(1)
-    np.random.seed(2)
-    model, opt = _tiny_setup(3)
-    _train(model, opt, 4)
-
-    training_state = {
-        "optimizer": copy.deepcopy(opt.state_dict()),  # the live state keeps changing below
-        "torch_rng": torch.get_rng_state(),
-        "python_rng": random.getstate(),
-        "numpy_rng": np.random.get_state(),
-    }
-    state_tensors, skeleton = flatten_state(training_state, prefix="state/")
-    tensors = {f"model/{k}": v for k, v in model.state_dict().items()} | state_tensors
-    save_checkpoint(tmp_path / "ck", tensors, {"state": skeleton, "step": 4})
-
-    # the original run continues
-    expected_losses = _train(model, opt, 5)
-    expected_params = [p.detach().clone() for p in model.parameters()]
-
-    # scramble everything, then resume from the checkpoint in a fresh model/optimizer
-    random.seed(99)
-    np.random.seed(99)
-    torch.manual_seed(99)
-    loaded, meta = load_checkpoint(tmp_path / "ck")
-    restored = unflatten_state(loaded, meta["state"])
-    assert deep_equal(restored["optimizer"], training_state["optimizer"])
-    assert list(restored["optimizer"]["state"]) == [0, 1, 2, 3]  # int keys stay ints
-    assert restored["optimizer"]["param_groups"][0]["betas"] == (0.8, 0.95)
-    assert deep_equal(restored["python_rng"], training_state["python_rng"])
-    assert deep_equal(restored["numpy_rng"], training_state["numpy_rng"])
-
-    model2, opt2 = _tiny_setup(42)
-    model2.load_state_dict({k.removeprefix("model/"): v for k, v in loaded.items() if k.startswith("model/")})
-    opt2.load_state_dict(restored["optimizer"])
-    torch.set_rng_state(restored["torch_rng"])
-    random.setstate(restored["python_rng"])
-    np.random.set_state(restored["numpy_rng"])
-    resumed_losses = _train(model2, opt2, 5)
-
-    assert resumed_losses == expected_losses
-    for p, q in zip(model2.parameters(), expected_params):
-        assert same_bits(p.detach(), q)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -543,49 +397,3 @@ def test_sigkill_during_repeated_saves_leaves_loadable_checkpoint(tmp_path):
         last = i
     save_checkpoint(target, {"x": torch.zeros(1)}, {"i": -1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # dead writers' leftovers are gone
-
-
-# --------------------------------------------------------------------------------------------------
-# single files
-
-
-def test_atomic_write_and_json(tmp_path):
-    path = tmp_path / "f.txt"
-    atomic_write_text(path, "hello ✓")
-    assert path.read_text(encoding="utf-8") == "hello ✓"
-    atomic_write_bytes(path, b"\x00\x01")
-    assert path.read_bytes() == b"\x00\x01"
-    obj = {"a": [1, 2.5, None], "b": "ü"}
-    save_json(tmp_path / "x.json", obj)
-    assert load_json(tmp_path / "x.json") == obj
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.txt", "x.json"]
-
-
-def test_atomic_write_failure_keeps_old_content(tmp_path, monkeypatch):
-    path = tmp_path / "f.txt"
-    atomic_write_text(path, "old")
-
-    def broken_replace(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(ckpt.os, "replace", broken_replace)
-    with pytest.raises(VarattnError, match="cannot write .*f.txt"):
-        atomic_write_text(path, "new")
-    assert path.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # temporary file removed
-
-
-def test_json_errors(tmp_path):
-    with pytest.raises(VarattnError, match="file not found"):
-        load_json(tmp_path / "missing.json")
-    bad = tmp_path / "bad.json"
-    bad.write_text('{"a": 1,,}')
-    with pytest.raises(VarattnError, match=r"bad\.json is not valid JSON \(line 1"):
-        load_json(bad)
-    with pytest.raises(VarattnError, match="directory"):
-        load_json(tmp_path)
-    with pytest.raises(TypeError, match="JSON"):
-        save_json(tmp_path / "o.json", {"x": object()})
-    assert not (tmp_path / "o.json").exists()
-    with pytest.raises(VarattnError, match="cannot write"):
-        save_json(tmp_path / "no" / "dir.json", {})

@@ -8,6 +8,7 @@ offending pair of layers, so each rule is shown to be able to fail.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -79,6 +80,7 @@ FORBIDDEN = [
     ("varattn.training", "varattn.objective_options"),  # ... and above the core
     ("varattn.data", "varattn.nmt"),  # utilities import no task
     ("varattn.plot", "varattn.vqa"),
+    ("varattn.fileio", "varattn.training"),  # ... nor the training core
     ("varattn.kernels", "varattn.latent"),  # kernels are torch only (and errors)
     ("varattn.kernels", "varattn.device"),
     ("varattn.errors", "varattn.device"),  # errors is the bottom
@@ -130,6 +132,8 @@ def test_allowed_imports_keep_contract(tmp_path):
         ("varattn.nmt", "varattn.objective_options"),
         ("varattn.objective_options", "varattn.latent"),
         ("varattn.training", "varattn.checkpoint"),
+        ("varattn.training", "varattn.fileio"),
+        ("varattn.checkpoint", "varattn.fileio"),
         ("varattn.commands", "varattn.nmt"),
         ("varattn.commands", "varattn.vqa"),
         ("varattn.cli", "varattn.vqa"),
@@ -148,3 +152,16 @@ def test_unplaced_module_breaks_contract(tmp_path):
     result = _lint(root)
     assert result.returncode == 1
     assert "varattn.newthing" in result.stdout, result.stdout
+
+
+def test_scripts_use_the_library_not_the_command_layer():
+    """benchmarks/ and experiments/ import varattn below the CLI (they may run ``varattn`` as a command)."""
+    offending = []
+    for script in sorted([*ROOT.glob("benchmarks/*.py"), *ROOT.glob("experiments/*.py")]):
+        for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offending += [f"{script.relative_to(ROOT)}: {name}" for name in names
+                          if name.split(".")[:2] in (["varattn", "commands"], ["varattn", "cli"])]
+    assert not offending, offending

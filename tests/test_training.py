@@ -85,6 +85,7 @@ def _records(run_dir: Path) -> list[dict]:
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         record.pop("tokens_per_s", None)
+        record.pop("examples_per_s", None)
         out.append(record)
     return out
 
@@ -117,6 +118,53 @@ def test_stopping_and_resuming_is_bit_identical_for_any_task(tmp_path):
     assert [r for r in _records(tmp_path / "split") if extra.items() - r.items()] == _records(tmp_path / "straight")
     with pytest.raises(VarattnError, match="different configuration .*examples"):
         resume(Regression(_cfg(examples=40)), _cfg(examples=40), tmp_path / "split", progress=False)
+
+
+class Examples(Regression):
+    """The regression task counting what it predicts as examples, not tokens."""
+
+    unit = "examples"
+    unit_short = "ex"
+
+    def loss(self, model: nn.Module, batch, step: int) -> BatchLoss:
+        out = super().loss(model, batch, step)
+        out.figures["examples"] = out.figures.pop("tokens")
+        return out
+
+
+def test_the_task_names_the_unit_of_its_figures(tmp_path):
+    start(Examples(_cfg()), _cfg(), tmp_path / "examples", progress=False, tensorboard=False).train()
+    start(Regression(_cfg()), _cfg(), tmp_path / "tokens", progress=False, tensorboard=False).train()
+    lines = (tmp_path / "examples" / "metrics.jsonl").read_text().splitlines()
+    train = [json.loads(line) for line in lines if '"split": "train"' in line]
+    assert all("examples_per_s" in r and "tokens_per_s" not in r and "examples" not in r for r in train)
+    assert all(r["ppl"] == pytest.approx(math.exp(r["loss"])) for r in train)
+    assert _records(tmp_path / "examples") == _records(tmp_path / "tokens")  # the same numbers, per example
+
+
+def test_a_resume_state_that_counted_tokens_continues_in_the_tasks_unit(tmp_path):
+    """A window saved before tasks named their unit holds the count as ``tokens``; resuming renames it."""
+    cfg = _cfg(log_every=4, save_every=3)
+    start(Examples(cfg), cfg, tmp_path / "straight", progress=False, tensorboard=False).train()
+    trainer = start(Examples(cfg), cfg, tmp_path / "old", progress=False, tensorboard=False)
+    update = trainer.update
+
+    def dying(*args, **kwargs):
+        if trainer.state.step + 1 == 5:
+            raise RuntimeError("crash")
+        return update(*args, **kwargs)
+
+    trainer.update = dying
+    with pytest.raises(RuntimeError, match="crash"):
+        trainer.train()
+    meta_path = tmp_path / "old" / "resume" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    window = meta["meta"]["state"]["window"]
+    assert window["examples"] > 0  # saved at step 3, inside the window of the record at step 4
+    window["tokens"] = window.pop("examples")
+    meta_path.write_text(json.dumps(meta))
+    resume(Examples(cfg), cfg, tmp_path / "old", progress=False, tensorboard=False).train()
+    assert _records(tmp_path / "old") == _records(tmp_path / "straight")
 
 
 def test_without_tensorboard_installed_training_says_so_and_goes_on(tmp_path, monkeypatch, caplog):

@@ -39,6 +39,10 @@ def test_mode_trains_and_reloads_with_identical_numbers(tmp_path, mode):
                                "valid_batch_size": 16}, sets)
     result = train(cfg, tmp_path / "run", progress=False, tensorboard=False)
     assert result["step"] == 3
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    trained_records = [r for r in records if r["split"] == "train"]
+    assert trained_records and all("questions_per_s" in r and "tokens_per_s" not in r and "tokens" not in r
+                                   and "questions" not in r for r in trained_records)  # the unit is the question
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["task"] == "vqa" and info["config"]["mode"] == mode
     trained = load_run(tmp_path / "run", device="cpu")

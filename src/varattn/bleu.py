@@ -25,6 +25,7 @@ reference with 10% of its tokens dropped and 5% of neighbours swapped) moved by 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -34,7 +35,7 @@ from sacrebleu.metrics import BLEU
 from varattn.errors import VarattnError
 from varattn.subword import remove_bpe
 
-__all__ = ["corpus_bleu", "detokenize", "format_bleu", "remove_bpe"]
+__all__ = ["corpus_bleu", "detokenize", "format_bleu", "quiet_bleu", "remove_bpe"]
 
 
 @cache
@@ -92,6 +93,20 @@ def corpus_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str = "en") -> d
         "tok_signature": str(tok_metric.get_signature()),
         "n": len(hyp_tok),
     }
+
+
+def quiet_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str = "en") -> dict[str, Any]:
+    """:func:`corpus_bleu` without sacrebleu's "tokenized period" warning.
+
+    The tokenized score is computed on tokenized text on purpose, so that warning is noise.
+    """
+    logger = logging.getLogger("sacrebleu")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return corpus_bleu(hyps, refs, lang)
+    finally:
+        logger.setLevel(level)
 
 
 def format_bleu(result: dict[str, Any]) -> str:

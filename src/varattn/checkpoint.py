@@ -1,4 +1,4 @@
-"""Checkpoint storage that never unpickles anything.
+"""Checkpoint directories that never unpickle anything, written crash-safely.
 
 A checkpoint is a *directory* holding two files:
 
@@ -8,25 +8,20 @@ A checkpoint is a *directory* holding two files:
 ``meta.json``
     A JSON object ``{"format": "varattn-checkpoint-1", "weights_sha256": ..., "weights_bytes": ...,
     "tensor_names": [...], "meta": {...}}``. ``meta`` is the caller's JSON-able dictionary
-    (configuration, step counters, vocabularies, the skeleton produced by :func:`flatten_state`, ...);
-    the sha256 and byte count of ``weights.safetensors`` are checked on load to detect truncated or
+    (configuration, step counters, the skeleton of :mod:`varattn.training.nested_state`, ...); the
+    sha256 and byte count of ``weights.safetensors`` are checked on load to detect truncated or
     corrupted files, and ``tensor_names`` keeps the order the tensors were given in.
 
-Writes are crash-safe. Single files go through :func:`atomic_write_bytes` (temporary file in the same
-directory, ``fsync``, ``os.replace``, ``fsync`` of the directory). A checkpoint directory is built
-complete under the temporary sibling ``.tmp-<name>-<pid>`` and then swapped in with two renames:
-the old ``<name>`` becomes the backup ``.bak-<name>``, the new one becomes ``<name>``, and the backup
-is deleted. Whatever moment the process dies at, either ``<name>`` or ``.bak-<name>`` is a complete
-checkpoint; :func:`load_checkpoint` (through :func:`recover`) moves the backup back into place when
-``<name>`` is missing. One process at a time may write a given checkpoint directory.
+A checkpoint directory is built complete under the temporary sibling ``.tmp-<name>-<pid>`` and then
+swapped in with two renames: the old ``<name>`` becomes the backup ``.bak-<name>``, the new one becomes
+``<name>``, and the backup is deleted. Whatever moment the process dies at, either ``<name>`` or
+``.bak-<name>`` is a complete checkpoint; :func:`load_checkpoint` (through :func:`recover`) moves the
+backup back into place when ``<name>`` is missing. One process at a time may write a given checkpoint
+directory. Single files are written with :mod:`varattn.fileio`.
 
-Nested Python state that is not a flat ``{name: tensor}`` mapping (optimizer state dictionaries,
-RNG states of torch, :mod:`random` and numpy) is stored with :func:`flatten_state`, which splits it
-into tensors (for ``weights.safetensors``) and a JSON skeleton (for ``meta``), and rebuilt exactly by
-:func:`unflatten_state`.
-
-Nothing in this module calls :func:`torch.load` or the :mod:`pickle` module. Files that look like
-pickles (or ``torch.save`` zip archives) are refused with a :class:`~varattn.errors.VarattnError`.
+:func:`load_weights` loads a checkpoint into a model. Nothing in this module calls :func:`torch.load` or
+the :mod:`pickle` module. Files that look like pickles (or ``torch.save`` zip archives) are refused with
+a :class:`~varattn.errors.VarattnError`.
 """
 
 from __future__ import annotations
@@ -34,35 +29,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
-import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save_file as _st_save_file
 
 from varattn.errors import VarattnError
+from varattn.fileio import dump_json, fsync_dir, fsync_file, parse_json, umask
 
 __all__ = [
     "FORMAT",
     "WEIGHTS_NAME",
     "META_NAME",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "save_json",
-    "load_json",
     "save_checkpoint",
     "load_checkpoint",
+    "load_weights",
     "recover",
     "backup_path",
-    "flatten_state",
-    "unflatten_state",
 ]
 
 FORMAT = "varattn-checkpoint-1"
@@ -77,120 +65,6 @@ _PICKLE_REFUSED = (
     "refused for safety because loading them can run arbitrary code -- save checkpoints with "
     "varattn (safetensors + meta.json) instead"
 )
-
-
-# --------------------------------------------------------------------------------------------------
-# atomic single files
-
-
-def _fsync_dir(directory: str | os.PathLike[str]) -> None:
-    """Flush a directory entry change (create / rename / delete) to disk, where the OS allows it."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return  # e.g. Windows cannot open directories; renames there are as durable as it gets
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    """The process's file-creation mask (read by setting it and putting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_file(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new content.
-
-    The bytes go to a temporary file in the same directory, which is flushed and fsynced, renamed
-    onto ``path`` with :func:`os.replace`, and then the directory itself is fsynced.
-    """
-    path = Path(path)
-    parent = path.parent
-    try:
-        # mode 0o666 and the process umask give the usual permissions (mkstemp would make it 0600)
-        tmp = parent / f".tmp-{path.name}-{os.getpid()}-{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as exc:
-        raise VarattnError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise VarattnError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise
-    _fsync_dir(parent)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Atomically replace ``path`` with ``text`` encoded as UTF-8 (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _dump_json(obj: Any, what: str) -> str:
-    try:
-        return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"cannot store {what} as JSON: {exc}") from exc
-
-
-def save_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Atomically write ``obj`` to ``path`` as indented UTF-8 JSON.
-
-    Raises :class:`TypeError` if ``obj`` is not JSON-serialisable and
-    :class:`~varattn.errors.VarattnError` if the file cannot be written.
-    """
-    atomic_write_text(path, _dump_json(obj, str(path)))
-
-
-def load_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file; a missing, unreadable, non-UTF-8 or malformed file raises VarattnError."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise VarattnError(f"file not found: {path}") from exc
-    except IsADirectoryError as exc:
-        raise VarattnError(f"{path} is a directory, expected a JSON file") from exc
-    except OSError as exc:
-        raise VarattnError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return _parse_json(raw, path)
-
-
-def _parse_json(raw: bytes, path: Path) -> Any:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise VarattnError(f"{path} is not valid JSON (invalid UTF-8 at byte {exc.start})") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise VarattnError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
-    except RecursionError as exc:
-        raise VarattnError(f"{path} is not valid JSON (nested too deeply)") from exc
-
-
-# --------------------------------------------------------------------------------------------------
-# checkpoint directories
 
 
 def backup_path(directory: str | os.PathLike[str]) -> Path:
@@ -252,7 +126,7 @@ def recover(directory: str | os.PathLike[str]) -> Path | None:
             os.rename(backup, directory)
         except OSError:
             return backup
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
     if os.path.lexists(directory):
         with contextlib.suppress(OSError):
             _remove_stale_tmp(directory)
@@ -325,7 +199,7 @@ def save_checkpoint(
     if not isinstance(meta, Mapping):
         raise TypeError(f"meta must be a mapping, got {type(meta).__name__}")
     user_meta = dict(meta)
-    _dump_json(user_meta, f"the metadata of checkpoint {directory}")  # fail before touching the disk
+    dump_json(user_meta, f"the metadata of checkpoint {directory}")  # fail before touching the disk
 
     # A crash may have left only the backup: put it back first so it is never deleted below.
     recover(directory)
@@ -338,8 +212,8 @@ def save_checkpoint(
         tmp.mkdir()
         weights = tmp / WEIGHTS_NAME
         _st_save_file(prepared, str(weights))
-        os.chmod(weights, 0o666 & ~_umask())  # safetensors creates it 0600; follow the umask like every other file
-        _fsync_file(weights)
+        os.chmod(weights, 0o666 & ~umask())  # safetensors creates it 0600; follow the umask like every other file
+        fsync_file(weights)
         sha, size = _sha256_file(weights)
         record = {
             "format": FORMAT,
@@ -350,11 +224,11 @@ def save_checkpoint(
         }
         meta_path = tmp / META_NAME
         with open(meta_path, "w", encoding="utf-8") as fh:
-            fh.write(_dump_json(record, f"the metadata of checkpoint {directory}"))
+            fh.write(dump_json(record, f"the metadata of checkpoint {directory}"))
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        _fsync_dir(parent)
+        fsync_dir(tmp)
+        fsync_dir(parent)
 
         _swap_in(tmp, directory, backup)
     except OSError as exc:
@@ -371,7 +245,7 @@ def save_checkpoint(
     if os.path.lexists(backup):
         with contextlib.suppress(OSError):
             shutil.rmtree(backup)
-            _fsync_dir(parent)
+            fsync_dir(parent)
     return directory
 
 
@@ -386,14 +260,14 @@ def _swap_in(tmp: Path, directory: Path, backup: Path) -> None:
             if os.path.lexists(backup):
                 shutil.rmtree(backup)  # stale: `directory` is complete, so this one is not needed
             os.rename(directory, backup)
-            _fsync_dir(directory.parent)
+            fsync_dir(directory.parent)
         try:
             os.rename(tmp, directory)
         except OSError as exc:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and attempt + 1 < _SWAP_TRIES:
                 continue  # a reader restored the backup meanwhile
             raise
-        _fsync_dir(directory.parent)
+        fsync_dir(directory.parent)
         return
 
 
@@ -510,7 +384,7 @@ def _read_checkpoint(directory: Path, where: Path, weights_file, meta_file) -> t
         raw_meta = meta_file.read()
     except OSError as exc:
         raise VarattnError(f"cannot read {meta_path}: {exc.strerror or exc}") from exc
-    record = _parse_json(raw_meta, meta_path)
+    record = parse_json(raw_meta, meta_path)
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise VarattnError(f"{meta_path} is not a varattn checkpoint (format {found!r}, expected {FORMAT!r})")
@@ -547,197 +421,6 @@ def _read_checkpoint(directory: Path, where: Path, weights_file, meta_file) -> t
     if not isinstance(names, list) or sorted(map(str, names)) != sorted(tensors):
         raise VarattnError(f"checkpoint {directory} is corrupted ({META_NAME} and {WEIGHTS_NAME} disagree)")
     return {name: tensors[name] for name in names}, user_meta  # the order they were saved in
-
-
-# --------------------------------------------------------------------------------------------------
-# nested state <-> tensors + JSON skeleton
-#
-# Skeleton grammar: None / bool / int / float / str are stored as themselves (JSON keeps int vs float
-# apart, and Python's json module writes NaN/Infinity); every other value is a JSON object with a
-# "type" key:
-#   {"type": "dict", "items": [[key_skeleton, value_skeleton], ...]}   (keys keep their Python type)
-#   {"type": "list" | "tuple", "items": [...]}
-#   {"type": "tensor", "key": NAME, ["param": true], ["requires_grad": true]}
-#   {"type": "ndarray", "key": NAME, "dtype": "<u4", "shape": [...]}    (raw bytes as a uint8 tensor)
-#   {"type": "npscalar", "key": NAME, "dtype": "<f8"}                   (numpy scalar, same storage)
-#   {"type": "bytes", "hex": "..."}
-# Plain Python dictionaries never appear raw in a skeleton, so a JSON object is always one of these.
-
-_SKELETON_VERSION = 1
-
-
-def _safe_key(path: list[str]) -> str:
-    return "/".join(path) if path else "value"
-
-
-def flatten_state(obj: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split a nested structure into safetensors-compatible tensors and a JSON-able skeleton.
-
-    ``obj`` may nest dicts (keys: str, int, float, bool, None or tuples of these), lists, tuples,
-    None, bool, int, float, str, bytes, torch tensors, numpy arrays and numpy scalars -- e.g.
-    ``optimizer.state_dict()``, ``torch.get_rng_state()``, ``random.getstate()`` or
-    ``np.random.get_state()``. Tensors are returned under names ``prefix + path`` (path components
-    joined by ``/``); numpy arrays are stored as their raw bytes in a uint8 tensor. The same tensor
-    object appearing twice is stored once and comes back as one object. Store the tensors in
-    ``weights.safetensors`` and the skeleton in ``meta`` and rebuild with :func:`unflatten_state`.
-    Unsupported values raise :class:`TypeError` naming their position.
-    """
-    tensors: dict[str, torch.Tensor] = {}
-    by_id: dict[int, str] = {}
-
-    def new_name(path: list[str]) -> str:
-        base = prefix + _safe_key(path)
-        name, n = base, 1
-        while name in tensors:
-            name = f"{base}#{n}"
-            n += 1
-        return name
-
-    def key_skel(key: Any, where: str) -> Any:
-        if key is None or type(key) in (bool, int, float, str):
-            return key
-        if type(key) is tuple:
-            return {"type": "tuple", "items": [key_skel(k, where) for k in key]}
-        raise TypeError(f"cannot store dictionary key {key!r} ({type(key).__name__}) at {where}")
-
-    def walk(value: Any, path: list[str]) -> Any:
-        where = _safe_key(path)
-        if value is None or type(value) in (bool, int, float, str):
-            return value
-        if isinstance(value, torch.Tensor):
-            if id(value) in by_id:
-                return {"type": "tensor", "key": by_id[id(value)]}
-            name = new_name(path)
-            t = value.detach()
-            if t.device.type != "cpu":
-                t = t.cpu()
-            tensors[name] = t
-            by_id[id(value)] = name
-            node: dict[str, Any] = {"type": "tensor", "key": name}
-            if isinstance(value, torch.nn.Parameter):
-                node["param"] = True
-            if value.requires_grad:
-                node["requires_grad"] = True
-            return node
-        if isinstance(value, (np.ndarray, np.generic)):
-            arr = np.asarray(value)
-            if arr.dtype.hasobject or arr.dtype.fields is not None:
-                raise TypeError(f"cannot store numpy array of dtype {arr.dtype} at {where}")
-            name = new_name(path)
-            raw = np.frombuffer(np.ascontiguousarray(arr).tobytes(), dtype=np.uint8)
-            tensors[name] = torch.from_numpy(raw.copy())
-            if isinstance(value, np.generic):
-                return {"type": "npscalar", "key": name, "dtype": arr.dtype.str}
-            return {"type": "ndarray", "key": name, "dtype": arr.dtype.str, "shape": list(arr.shape)}
-        if type(value) is bytes:
-            return {"type": "bytes", "hex": value.hex()}
-        if type(value) is dict:
-            items = []
-            for k, v in value.items():
-                items.append([key_skel(k, where), walk(v, [*path, str(k)])])
-            return {"type": "dict", "items": items}
-        if type(value) in (list, tuple):
-            kind = "list" if type(value) is list else "tuple"
-            return {"type": kind, "items": [walk(v, [*path, str(i)]) for i, v in enumerate(value)]}
-        raise TypeError(f"cannot store value of type {type(value).__name__} at {where}")
-
-    skeleton = {"varattn_state": _SKELETON_VERSION, "root": walk(obj, [])}
-    return tensors, skeleton
-
-
-def unflatten_state(tensors: Mapping[str, torch.Tensor], skeleton: Any) -> Any:
-    """Rebuild the structure given to :func:`flatten_state` from its tensors and skeleton.
-
-    Dict keys keep their types (int keys stay ints), tuples stay tuples, numpy arrays and scalars
-    come back as numpy objects with their dtype. A skeleton that does not fit the tensors (a missing
-    tensor, an unknown node) raises :class:`~varattn.errors.VarattnError`.
-    """
-
-    def bad(msg: str) -> VarattnError:
-        return VarattnError(f"saved state is inconsistent: {msg}")
-
-    if not isinstance(skeleton, dict) or skeleton.get("varattn_state") != _SKELETON_VERSION:
-        raise bad("not a varattn state skeleton")
-    restored: dict[str, torch.Tensor] = {}
-
-    def tensor(name: Any) -> torch.Tensor:
-        if not isinstance(name, str) or name not in tensors:
-            raise bad(f"missing tensor {name!r}")
-        return tensors[name]
-
-    def numpy_bytes(node: dict[str, Any]) -> np.ndarray:
-        try:
-            dtype = np.dtype(node["dtype"])
-        except (KeyError, TypeError) as exc:
-            raise bad(f"bad numpy dtype in {node!r}") from exc
-        if dtype.hasobject:
-            raise bad(f"numpy dtype {dtype} is not allowed")
-        raw = tensor(node.get("key")).numpy().tobytes()
-        try:
-            return np.frombuffer(raw, dtype=dtype).copy()
-        except ValueError as exc:
-            raise bad(f"numpy data for {node.get('key')!r} does not fit dtype {dtype}") from exc
-
-    def key_of(node: Any) -> Any:
-        if node is None or isinstance(node, (bool, int, float, str)):
-            return node
-        if isinstance(node, dict) and node.get("type") == "tuple" and isinstance(node.get("items"), list):
-            return tuple(key_of(k) for k in node["items"])
-        raise bad(f"bad dictionary key {node!r}")
-
-    def build(node: Any) -> Any:
-        if node is None or isinstance(node, (bool, int, float, str)):
-            return node
-        if not isinstance(node, dict):
-            raise bad(f"unexpected node {node!r}")
-        kind = node.get("type")
-        if kind in ("dict", "list", "tuple"):
-            items = node.get("items")
-            if not isinstance(items, list):
-                raise bad(f"{kind} node without items")
-            if kind == "list":
-                return [build(v) for v in items]
-            if kind == "tuple":
-                return tuple(build(v) for v in items)
-            out = {}
-            for pair in items:
-                if not isinstance(pair, list) or len(pair) != 2:
-                    raise bad(f"bad dictionary item {pair!r}")
-                out[key_of(pair[0])] = build(pair[1])
-            return out
-        if kind == "tensor":
-            name = node.get("key")
-            if name in restored:
-                return restored[name]
-            t = tensor(name)
-            if node.get("param"):
-                t = torch.nn.Parameter(t, requires_grad=bool(node.get("requires_grad")))
-            elif node.get("requires_grad"):
-                t = t.requires_grad_(True)
-            restored[name] = t
-            return t
-        if kind == "ndarray":
-            shape = node.get("shape")
-            if not isinstance(shape, list) or not all(isinstance(s, int) for s in shape):
-                raise bad(f"bad ndarray shape {shape!r}")
-            flat = numpy_bytes(node)
-            try:
-                return flat.reshape(shape)
-            except ValueError as exc:
-                raise bad(f"ndarray {node.get('key')!r} does not have shape {shape}") from exc
-        if kind == "npscalar":
-            flat = numpy_bytes(node)
-            if flat.size != 1:
-                raise bad(f"numpy scalar {node.get('key')!r} has {flat.size} elements")
-            return flat[0]
-        if kind == "bytes":
-            try:
-                return bytes.fromhex(node["hex"])
-            except (KeyError, TypeError, ValueError) as exc:
-                raise bad("bad bytes node") from exc
-        raise bad(f"unknown node type {kind!r}")
-
-    return build(skeleton.get("root"))
 
 
 def load_weights(model: torch.nn.Module, directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 
 from varattn.commands.common import input_lines
 
@@ -17,24 +16,8 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def quiet_bleu(hyps: list[str], refs: list[str]) -> dict:
-    """``varattn.bleu.corpus_bleu`` without sacrebleu's "tokenized period" warning.
-
-    The tokenized score is computed on tokenized text on purpose, so that warning is noise.
-    """
-    from varattn.bleu import corpus_bleu
-
-    logger = logging.getLogger("sacrebleu")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        return corpus_bleu(hyps, refs)
-    finally:
-        logger.setLevel(level)
-
-
 def run(args: argparse.Namespace) -> int:
-    from varattn.bleu import format_bleu
+    from varattn.bleu import format_bleu, quiet_bleu
     from varattn.data.corpus import read_lines
 
     refs = read_lines(args.ref)

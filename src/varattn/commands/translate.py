@@ -90,7 +90,7 @@ def word_links(translation, src_style: str, tgt_style: str, keep_bpe: bool = Fal
 
 def run(args: argparse.Namespace) -> int:
     from varattn.align import format_pharaoh
-    from varattn.commands.bleu import quiet_bleu
+    from varattn.bleu import quiet_bleu
     from varattn.data.corpus import read_lines
 
     check_batch_size(args.batch_size)

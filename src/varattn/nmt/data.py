@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from varattn.align import Link
-from varattn.checkpoint import load_json
 from varattn.data.corpus import read_lines, read_parallel, resolve_pair
 from varattn.data.synthetic import make_splits
 from varattn.errors import VarattnError
+from varattn.fileio import load_json
 from varattn.nmt.batching import Batch, bucket_batches, collate
 from varattn.nmt.config import TrainConfig
 from varattn.nmt.run import RUN_FILE

@@ -63,6 +63,8 @@ class NMTTask(Task):
     """The latent-alignment translation model of one mode, on the corpora (or synthetic task) of ``cfg``."""
 
     name = "nmt"
+    unit = "tokens"
+    unit_short = "tok"
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg

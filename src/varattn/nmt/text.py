@@ -86,7 +86,7 @@ def train_sentencepiece(lines: list[str], path: Path, vocab_size: int) -> Path:
         )
     except RuntimeError as exc:
         raise VarattnError(f"sentencepiece training failed: {exc}") from None
-    from varattn.checkpoint import atomic_write_bytes
+    from varattn.fileio import atomic_write_bytes
 
     atomic_write_bytes(path, model.getvalue())
     return path

@@ -58,7 +58,7 @@ class Vocab:
         return out
 
     def save(self, path: str | Path) -> None:
-        from varattn.checkpoint import atomic_write_text
+        from varattn.fileio import atomic_write_text
 
         atomic_write_text(path, "\n".join(self.itos) + "\n")
 

@@ -12,31 +12,33 @@ SIGTERM stops the run (:mod:`varattn.training.stop`); ``--resume`` continues bit
 cuts ``metrics.jsonl`` back to what it held at that save. See docs/reliability.md.
 
 Two ways in: :func:`start` for a fresh run, :func:`resume` for a run that stopped; both return a
-:class:`Trainer` whose :meth:`Trainer.train` runs the loop.
+:class:`Trainer` whose :meth:`Trainer.train` runs the loop: one update per step, the steps coming from
+:meth:`Trainer._steps`, which ends the epochs and stops at the limits. The run directory itself (made,
+locked, checked before resuming) is :mod:`varattn.training.rundir`'s job.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from varattn.checkpoint import backup_path, save_checkpoint, save_json
+from varattn.checkpoint import save_checkpoint
 from varattn.device import check_precision, precision_context, resolve_device
 from varattn.errors import VarattnError
-from varattn.training import distributed, rundir_lock
+from varattn.training import distributed, rundir
 from varattn.training.config import TrainingConfig
 from varattn.training.distributed import World
 from varattn.training.metrics import METRICS_FILE, MetricsLog, cut_metrics
 from varattn.training.optim import make_optimizer, next_lr, set_lr
-from varattn.training.run_info import FILES_KEY, RUN_FILE, RUN_FORMAT, check_files, read_run_info, record_files
-from varattn.training.rundir_lock import LOCK_FILE, RunDirLock
+from varattn.training.run_info import RUN_FILE, read_run_info
+from varattn.training.rundir_lock import RunDirLock
 from varattn.training.state import RESUME_DIR, TrainerState, read_resume, rng_state, save_resume, set_rng_state
 from varattn.training.stop import GracefulStop, TrainingStopped
 from varattn.training.task import BatchLoss, Task
@@ -82,7 +84,7 @@ class Trainer:
         self.valid_batches = task.valid_batches()
         self.summary = ""  # the human line of the latest validation
         self.stop_agreed = False  # a data-parallel rank was asked to stop: all stop after this update
-        self._timer_start, self._timer_tokens = time.perf_counter(), 0
+        self._timer_start, self._timer_count = time.perf_counter(), 0  # units since the last train record
 
     # -- one update ------------------------------------------------------------------------------
     def update(self, batch, weight: float = 1.0, stop: bool = False) -> dict | None:
@@ -153,18 +155,20 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def target_reached(self) -> bool:
-        cfg, st = self.cfg, self.state
-        return st.epoch >= cfg.epochs or (cfg.max_steps is not None and st.step >= cfg.max_steps)
+        """``epochs`` complete epochs or ``max_steps`` updates."""
+        return self.state.target_reached(self.cfg)
 
     def finished(self) -> bool:
         """Target reached and validated there: nothing left to do."""
-        return self.target_reached() and self.state.valid_step == self.state.step
+        return self.state.finished(self.cfg)
 
     def train(self) -> dict:
         """Train until ``max_steps``, ``epochs`` or ``max_minutes``; returns the last validation record.
 
-        SIGINT / SIGTERM: the current update finishes, ``resume/`` is saved and
-        :class:`~varattn.training.stop.TrainingStopped` is raised.
+        One update per step of :meth:`_steps`, which ends each epoch (validation, learning-rate schedule)
+        when its batches run out and stops at the limits; a validation follows where the run stops
+        unless one was just made. SIGINT / SIGTERM: the current update finishes, ``resume/`` is saved
+        and :class:`~varattn.training.stop.TrainingStopped` is raised.
         """
         cfg, st, world = self.cfg, self.state, self.world
         steps_per_epoch = -(-len(self.task.train_batches(0)) // world.size)
@@ -172,50 +176,13 @@ class Trainer:
         bar = tqdm(total=total, initial=min(st.step, total), unit="step", dynamic_ncols=True,
                    disable=(not sys.stderr.isatty()) if self.progress is None else not self.progress,
                    desc=f"train {self.run_dir.name}")
-        self._timer_start, self._timer_tokens = time.perf_counter(), 0
+        self._timer_start, self._timer_count = time.perf_counter(), 0
         self.model.train()
         deadline = None if cfg.max_minutes is None else time.monotonic() + 60 * cfg.max_minutes
         try:
             with GracefulStop() as stop:
-                while not self.target_reached():
-                    batches = self.task.train_batches(st.epoch)
-                    while st.batch_in_epoch < len(batches):
-                        if cfg.max_steps is not None and st.step >= cfg.max_steps:
-                            break
-                        if deadline is not None and self._agree(time.monotonic() > deadline):
-                            log.info("time limit of %s minutes reached at step %d", cfg.max_minutes, st.step)
-                            break
-                        # this step's batches: one per rank (a rank past the end stands in with weight 0)
-                        group = batches[st.batch_in_epoch: st.batch_in_epoch + world.size]
-                        mine = world.rank < len(group)
-                        figures = self.update(group[world.rank if mine else 0], 1.0 if mine else 0.0,
-                                              stop.signum is not None)
-                        st.batch_in_epoch += len(group)
-                        st.step += 1
-                        bar.update(1)
-                        if figures is not None:
-                            for key, value in figures.items():
-                                st.window[key] = st.window.get(key, 0.0) + value
-                            self._timer_tokens += int(figures["tokens"])
-                        if st.step % cfg.log_every == 0 or st.step == total:
-                            rec = self._train_record()
-                            bar.set_postfix(loss=f"{rec['loss']:.3f}", ppl=f"{rec['ppl']:.2f}",
-                                            tok_s=f"{rec['tokens_per_s']:.0f}")
-                        epoch_ends = st.batch_in_epoch >= len(batches)  # then the epoch's validation follows
-                        if cfg.eval_every and st.step % cfg.eval_every == 0 and not epoch_ends:
-                            self._log_valid(bar)
-                        elif cfg.save_every and st.step % cfg.save_every == 0:
-                            self.save_resume()
-                        if self.stop_agreed if world.distributed else stop.signum is not None:
-                            self._stop(stop.signum)
-                    else:
-                        st.epoch += 1
-                        st.batch_in_epoch = 0
-                        self._log_valid(bar, epoch_end=True)
-                        if self._agree(stop.signum is not None):
-                            self._stop(stop.signum)
-                        continue
-                    break  # max_steps or the time limit reached inside the epoch
+                for group, ends_epoch in self._steps(bar, stop, deadline):
+                    self._train_step(group, ends_epoch, bar, stop, total)
                 if st.valid_step != st.step or st.last_valid is None:
                     self._log_valid(bar)
         finally:
@@ -225,6 +192,69 @@ class Trainer:
             finally:
                 self.release()
         return st.last_valid
+
+    def _steps(self, bar, stop: GracefulStop, deadline: float | None) -> Iterator[tuple[list, bool]]:
+        """The run's steps in order: this step's batches (one per rank) and whether they end the epoch.
+
+        The caller takes the step (which advances ``state.batch_in_epoch``) before asking for the next
+        one. An epoch whose batches have all been used ends here (:meth:`_end_epoch`), also when a
+        resumed run stopped just before; the steps stop at the target, at ``max_steps`` and at the
+        time limit.
+        """
+        st, size = self.state, self.world.size
+        while not self.target_reached():
+            batches = self.task.train_batches(st.epoch)
+            while st.batch_in_epoch < len(batches):
+                if self._limit_reached(deadline):
+                    return
+                group = batches[st.batch_in_epoch: st.batch_in_epoch + size]
+                yield group, st.batch_in_epoch + len(group) >= len(batches)
+            self._end_epoch(bar, stop)
+
+    def _limit_reached(self, deadline: float | None) -> bool:
+        """``max_steps`` taken, or (agreed by every rank) the time limit passed; checked before each update."""
+        cfg, st = self.cfg, self.state
+        if cfg.max_steps is not None and st.step >= cfg.max_steps:
+            return True
+        if deadline is not None and self._agree(time.monotonic() > deadline):
+            log.info("time limit of %s minutes reached at step %d", cfg.max_minutes, st.step)
+            return True
+        return False
+
+    def _train_step(self, group: list, ends_epoch: bool, bar, stop: GracefulStop, total: int) -> None:
+        """One update on ``group`` (a rank past its end stands in with weight 0), then what follows it:
+        the train record every ``log_every`` steps, a mid-epoch validation every ``eval_every`` steps
+        (the epoch's own validation follows an epoch's last step instead), else ``resume/`` every
+        ``save_every`` steps, and the stop a signal asked for."""
+        cfg, st, world = self.cfg, self.state, self.world
+        mine = world.rank < len(group)
+        figures = self.update(group[world.rank if mine else 0], 1.0 if mine else 0.0, stop.signum is not None)
+        st.batch_in_epoch += len(group)
+        st.step += 1
+        bar.update(1)
+        if figures is not None:
+            for key, value in figures.items():
+                st.window[key] = st.window.get(key, 0.0) + value
+            self._timer_count += int(figures[self.task.unit])
+        if st.step % cfg.log_every == 0 or st.step == total:
+            rec = self._train_record()
+            bar.set_postfix({"loss": f"{rec['loss']:.3f}", "ppl": f"{rec['ppl']:.2f}",
+                             f"{self.task.unit_short}_s": f"{rec[self._speed_key]:.0f}"})
+        if cfg.eval_every and st.step % cfg.eval_every == 0 and not ends_epoch:
+            self._log_valid(bar)
+        elif cfg.save_every and st.step % cfg.save_every == 0:
+            self.save_resume()
+        if self.stop_agreed if world.distributed else stop.signum is not None:
+            self._stop(stop.signum)
+
+    def _end_epoch(self, bar, stop: GracefulStop) -> None:
+        """Count the epoch, validate (the learning-rate schedule follows), and stop if a rank was signalled."""
+        st = self.state
+        st.epoch += 1
+        st.batch_in_epoch = 0
+        self._log_valid(bar, epoch_end=True)
+        if self._agree(stop.signum is not None):
+            self._stop(stop.signum)
 
     def release(self) -> None:
         """Let go of the run directory's writer lock (``train`` does at its end)."""
@@ -244,19 +274,24 @@ class Trainer:
         raise TrainingStopped(f"stopped by {name} at step {self.state.step}; resume/ is saved: continue with "
                               f"`varattn train --resume {self.run_dir}`", signum)
 
+    @property
+    def _speed_key(self) -> str:
+        """The train record's speed: ``tokens_per_s`` for NMT, ``questions_per_s`` for VQA."""
+        return f"{self.task.unit}_per_s"
+
     def _train_record(self) -> dict:
         """Write the train record of the updates since the last one (the window), and start a new window."""
-        st, window = self.state, self.state.window
-        n = max(window.get("tokens", 0.0), 1.0)
+        st, window, unit = self.state, self.state.window, self.task.unit
+        n = max(window.get(unit, 0.0), 1.0)
         nll = window.get("nll", 0.0)
         elapsed = max(time.perf_counter() - self._timer_start, 1e-9)
         rec = {"split": "train", "step": st.step, "epoch": st.epoch + 1, "loss": nll / n,
                "ppl": math.exp(min(nll / n, 700))}
-        rec.update({k: v / n for k, v in window.items() if k not in ("nll", "tokens")})
-        rec.update({"tokens_per_s": self._timer_tokens / elapsed, "lr": st.lr, "skipped_steps": st.bad_steps})
+        rec.update({k: v / n for k, v in window.items() if k not in ("nll", unit)})
+        rec.update({self._speed_key: self._timer_count / elapsed, "lr": st.lr, "skipped_steps": st.bad_steps})
         self.metrics.write(rec)
         st.window = dict.fromkeys(window, 0.0)
-        self._timer_start, self._timer_tokens = time.perf_counter(), 0
+        self._timer_start, self._timer_count = time.perf_counter(), 0
         return rec
 
     # -- validation and checkpoints --------------------------------------------------------------
@@ -351,7 +386,7 @@ def start(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool |
     lock = None
     if world.main:
         try:
-            model, lock = _start_files(task, cfg, run_dir)
+            model, lock = rundir.create(task, cfg, run_dir)
             model = model.to(device)  # before the optimizer, whose state follows
         except BaseException as exc:
             if lock is not None:
@@ -382,92 +417,6 @@ def start(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool |
     return trainer
 
 
-def _start_files(task: Task, cfg: TrainingConfig, run_dir: Path) -> tuple[torch.nn.Module, RunDirLock]:
-    """Rank 0 of a fresh run: create ``run_dir`` and lock it, prepare the task, write ``run.json``.
-
-    Returns the new model and the writer lock. ``run.json`` records the SHA-256 of every file the task
-    wrote (vocabularies, sentencepiece models), which loading and resuming check.
-    """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise VarattnError(f"{run_dir} is a file; --out needs a directory")
-    if (run_dir / RUN_FILE).exists():
-        with rundir_lock.acquire(run_dir):  # a run being written: the error names its writer
-            raise VarattnError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
-    created = not run_dir.exists()
-    try:
-        before = set() if created else {p.name for p in run_dir.iterdir()}
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise VarattnError(f"cannot create the run directory {run_dir}: {exc.strerror or exc}") from None
-    lock = rundir_lock.acquire(run_dir)
-    if (run_dir / RUN_FILE).exists():  # another process started (and finished) the run while we were looking
-        lock.release()
-        raise VarattnError(f"{run_dir} already holds a run; use --resume to continue it or another --out")
-    try:
-        task.prepare(run_dir)
-        model = task.build_model()
-    except BaseException:
-        _remove_partial_start(run_dir, created, before, lock)
-        raise
-    try:
-        info = task.save(run_dir)
-        ignore = {LOCK_FILE, METRICS_FILE, RUN_FILE, *before}
-        written = [p.name for p in run_dir.iterdir()
-                   if p.is_file() and p.name not in ignore and not p.name.startswith(".")]
-        save_json(run_dir / RUN_FILE, {"format": RUN_FORMAT, "task": task.name, "config": cfg.to_dict(), **info,
-                                       FILES_KEY: record_files(run_dir, written)})
-    except BaseException:
-        lock.release()
-        raise
-    return model, lock
-
-
-def _remove_partial_start(run_dir: Path, created: bool, before: set[str], lock: RunDirLock) -> None:
-    """A fresh run failed while preparing its data: delete the files it wrote (sentencepiece models, the lock)."""
-    for path in run_dir.iterdir():
-        if path.name not in before and path.is_file() and not path.is_symlink():
-            path.unlink(missing_ok=True)
-    lock.release()
-    if created and not any(run_dir.iterdir()):
-        run_dir.rmdir()
-
-
-def _comparable(cfg: TrainingConfig, d: dict) -> dict:
-    """A config as JSON would give it back (tuples become lists), defaults filled in."""
-    return json.loads(json.dumps(type(cfg).from_dict(d).to_dict()))
-
-
-def _check_resumable(run_dir: Path, cfg: TrainingConfig, task: Task) -> tuple[dict, bool]:
-    """``run.json`` of ``run_dir``, and whether ``cfg`` changed a resumable key; a one-line error otherwise."""
-    if not (run_dir / RUN_FILE).is_file():
-        raise VarattnError(f"nothing to resume in {run_dir} (no {RUN_FILE})")
-    info = read_run_info(run_dir, task.name)
-    resume_dir = run_dir / RESUME_DIR
-    if not resume_dir.is_dir() and not backup_path(resume_dir).is_dir():
-        raise VarattnError(_no_resume_message(run_dir))
-    stored, current = _comparable(cfg, info["config"]), _comparable(cfg, cfg.to_dict())
-    changed = [k for k in current if k not in cfg.RESUMABLE_KEYS and stored.get(k) != current[k]]
-    if changed:
-        raise VarattnError(
-            f"cannot resume {run_dir} with a different configuration ("
-            + "; ".join(f"{k}: {stored.get(k)!r} in {RUN_FILE}, {current[k]!r} now" for k in changed)
-            + f"); only {', '.join(cfg.RESUMABLE_KEYS)} may change")
-    check_files(run_dir, info)
-    return info, stored != current
-
-
-def _no_resume_message(run_dir: Path) -> str:
-    """Why a run without ``resume/`` cannot continue, and what its trained weights (if any) are still good for."""
-    trained = [name for name in ("best", "last") if (run_dir / name).is_dir() or backup_path(run_dir / name).is_dir()]
-    if not trained:
-        return (f"nothing to resume in {run_dir}: it has no {RESUME_DIR}/ checkpoint (training stopped before its "
-                "first save); delete it and start the run again")
-    held = " and ".join(f"{name}/" for name in trained)
-    return (f"cannot resume {run_dir}: it has no {RESUME_DIR}/ checkpoint (no optimizer state to continue from), "
-            f"but {held} hold trained weights: evaluate or use them as they are (--checkpoint {trained[0]}), or "
-            "start a new run with another --out")
-
-
 def resume(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool | None = None,
            tensorboard: bool = True) -> Trainer:
     """Continue ``run_dir`` from its ``resume/`` checkpoint, on as many processes as now run.
@@ -480,9 +429,7 @@ def resume(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool 
     """
     run_dir = Path(run_dir)
     world, device = _prepare_device(cfg)
-    if not (run_dir / RUN_FILE).is_file():
-        raise VarattnError(f"nothing to resume in {run_dir} (no {RUN_FILE})")
-    lock = rundir_lock.acquire(run_dir) if world.main else None
+    lock = rundir.lock_existing(run_dir, take=world.main)
     try:
         return _resume_locked(task, cfg, run_dir, progress, tensorboard, world, device, lock)
     except BaseException:
@@ -493,20 +440,14 @@ def resume(task: Task, cfg: TrainingConfig, run_dir: str | Path, progress: bool 
 
 def _resume_locked(task: Task, cfg: TrainingConfig, run_dir: Path, progress: bool | None, tensorboard: bool,
                    world: World, device: torch.device, lock: RunDirLock | None) -> Trainer:
-    info, changed = _check_resumable(run_dir, cfg, task)
+    info, changed = rundir.check_resumable(run_dir, cfg, task)
     point = read_resume(run_dir / RESUME_DIR)
     st = point.state
-    target = st.epoch >= cfg.epochs or (cfg.max_steps is not None and st.step >= cfg.max_steps)
-    if target and st.valid_step == st.step:
-        raise VarattnError(
-            f"{run_dir} has already finished: it stopped after step {st.step} ({st.epoch} complete epochs) with "
-            f"max_steps={cfg.max_steps} and epochs={cfg.epochs}; to train further, resume with a larger "
-            "--max-steps or --epochs")
+    rundir.check_unfinished(run_dir, cfg, st)
     torch.manual_seed(cfg.seed)
     task.load(run_dir, info)
-    if st.data_sha256 is not None and st.data_sha256 != task.fingerprint():
-        raise VarattnError(f"cannot resume {run_dir}: the training or validation data changed since the run "
-                           "started")
+    rundir.check_same_data(run_dir, st, task)
+    st.count_window_in(task.unit)
     model = task.build_model().to(device)
     optimizer = make_optimizer(model, cfg.lr)
     point.apply(run_dir / RESUME_DIR, model, optimizer)
@@ -514,8 +455,7 @@ def _resume_locked(task: Task, cfg: TrainingConfig, run_dir: Path, progress: boo
     if world.main:
         cut_metrics(run_dir, st.metrics_bytes)
         if changed:
-            info["config"] = cfg.to_dict()
-            save_json(run_dir / RUN_FILE, info)
+            rundir.save_config(run_dir, info, cfg)
     metrics = MetricsLog(run_dir, tensorboard, purge_step=st.step + 1, enabled=world.main)
     trainer = Trainer(task, cfg, run_dir, model, optimizer, st, device, metrics, progress, world, lock)
     saved = len(point.rng_states)

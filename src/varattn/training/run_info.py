@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from varattn.checkpoint import load_json
 from varattn.errors import VarattnError
+from varattn.fileio import load_json
 
 RUN_FILE = "run.json"
 RUN_FORMAT = "varattn-run-1"

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import torch
 
-from varattn.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from varattn.checkpoint import load_checkpoint, save_checkpoint
 from varattn.errors import VarattnError
+from varattn.training.nested_state import flatten_state, unflatten_state
+
+if TYPE_CHECKING:
+    from varattn.training.config import TrainingConfig
 
 RESUME_DIR = "resume"
 MODEL_PREFIX = "model/"
@@ -45,6 +50,19 @@ class TrainerState:
     last_valid: dict | None = None
     #: the task's fingerprint of its data: the batch order of a resumed run depends on it
     data_sha256: str | None = None
+
+    def target_reached(self, cfg: TrainingConfig) -> bool:
+        """``cfg.epochs`` complete epochs, or ``cfg.max_steps`` updates (when set)."""
+        return self.epoch >= cfg.epochs or (cfg.max_steps is not None and self.step >= cfg.max_steps)
+
+    def finished(self, cfg: TrainingConfig) -> bool:
+        """Target reached and validated there: nothing left to do."""
+        return self.target_reached(cfg) and self.valid_step == self.step
+
+    def count_window_in(self, unit: str) -> None:
+        """Name the window's count ``unit``: states saved before tasks named their unit called it ``tokens``."""
+        if unit not in self.window and "tokens" in self.window:
+            self.window[unit] = self.window.pop("tokens")
 
 
 def rng_state() -> dict:

@@ -47,11 +47,10 @@ class BatchLoss:
             ranks when training on several processes) before ``backward``.
         normaliser: what the summed surrogate is divided by. The paper divides by the number of
             sentences in the batch; a task may choose otherwise (e.g. questions).
-        figures: summable report figures (Python floats summed over the batch). ``nll`` and
-            ``tokens`` are required: the train record reports ``loss = nll / tokens``,
-            ``ppl = exp(loss)`` and every other figure ``f`` as ``f / tokens`` (e.g. ``kl``);
-            ``tokens`` also gives ``tokens_per_s``. A task without tokens counts its predicted
-            units (answers, for VQA) as ``tokens``.
+        figures: summable report figures (Python floats summed over the batch). ``nll`` and the
+            task's :attr:`Task.unit` (``tokens`` for NMT, ``questions`` for VQA) are required: the
+            train record reports ``loss = nll / unit``, ``ppl = exp(loss)`` and every other figure
+            ``f`` as ``f / unit`` (e.g. ``kl``); the unit also gives the speed, ``<unit>_per_s``.
     """
 
     surrogate: Tensor
@@ -104,6 +103,11 @@ class Task(ABC):
     """
 
     name: ClassVar[str]
+    #: what the task predicts, counted in the figures of :meth:`loss` under this key; train records
+    #: report figures per unit and the speed as ``<unit>_per_s``
+    unit: ClassVar[str] = "tokens"
+    #: the unit in the progress bar's speed (``tok_s``)
+    unit_short: ClassVar[str] = "tok"
 
     # -- run files --------------------------------------------------------------------------------
     @abstractmethod

@@ -103,7 +103,7 @@ class HDF5Features(FeatureStore):
         stem = self.path.name.split(".")[0]
         sidecar = self.path.with_name(f"{stem}_imgid2idx.json")
         if sidecar.is_file():
-            from varattn.checkpoint import load_json
+            from varattn.fileio import load_json
 
             mapping = load_json(sidecar)
             if not isinstance(mapping, dict):

@@ -39,6 +39,8 @@ class VQATask(Task):
     """easy-VQA or VQA 2.0 features, one latent region per question."""
 
     name = "vqa"
+    unit = "questions"
+    unit_short = "q"
 
     def __init__(self, cfg: VQAConfig):
         self.cfg = cfg
@@ -98,7 +100,8 @@ class VQATask(Task):
         problem = model.problem(enc, tensors.answers, tensors.answer_mask, self.objective.uses_posterior)
         terms = self.objective.loss(problem)
         report = terms.totals()
-        report["tokens"] = float(len(batch.index))
+        del report["tokens"]  # one answer per question: the unit is the question
+        report[self.unit] = float(len(batch.index))
         return BatchLoss(terms.surrogate, float(len(batch.index)), report)
 
     # -- validation ------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ class Vocab:
         return [self.stoi.get(t, unk) for t in tokens]
 
     def save(self, path: str | Path) -> None:
-        from varattn.checkpoint import atomic_write_text
+        from varattn.fileio import atomic_write_text
 
         if any("\n" in s for s in self.itos):
             raise VarattnError("a vocabulary entry contains a line break")

@@ -14,8 +14,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from varattn.checkpoint import load_json
 from varattn.errors import VarattnError
+from varattn.fileio import load_json
 from varattn.vqa.data import QuestionSet
 from varattn.vqa.text import Vocab, normalize_answer, tokenize_question
 
