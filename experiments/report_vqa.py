@@ -44,11 +44,13 @@ def load_results(results_dir: Path) -> dict[str, list[dict]]:
 # -- figures of runs -------------------------------------------------------------------------------
 def test_figure(result: dict, key: str) -> float | None:
     """A test figure of one run: ``nll``, ``accuracy``, ``elbo_nll``, entropies; ``yes/no``, ``shape``, ``color``
-    for the accuracy on that question type; ``epochs_to_best``, ``train_min``."""
+    for the accuracy on that question type; ``epochs_to_best``, ``train_min`` (wall), ``train_cpu_min``."""
     if key == "epochs_to_best":
         return float(result["best"]["epoch"])
     if key == "train_min":
         return result["train_wall_s"] / 60.0
+    if key == "train_cpu_min":
+        return result["train_cpu_s"] / 60.0
     if key in ("yes/no", "shape", "color"):
         return result["test"].get("accuracy_by_type", {}).get(key)
     return result["test"].get(key)
@@ -64,12 +66,12 @@ def _fmt(x: float | None, digits: int) -> str:
 
 
 def spread(vals: list[float], digits: int = 3, scale: float = 1.0) -> str:
-    """``mean (min–max)`` over seeds; the value alone for one run; ``–`` for none."""
+    """``mean (min–max)`` over seeds; the value alone for one run or equal runs; ``–`` for none."""
     if not vals:
         return "–"
     vals = [v * scale for v in vals]
     mean = sum(vals) / len(vals)
-    if len(vals) == 1:
+    if f"{min(vals):.{digits}f}" == f"{max(vals):.{digits}f}":  # one run, or all alike at this precision
         return _fmt(mean, digits)
     return f"{mean:.{digits}f} ({min(vals):.{digits}f}–{max(vals):.{digits}f})"
 
@@ -78,24 +80,34 @@ def mean(vals: list[float]) -> float:
     return sum(vals) / len(vals)
 
 
+def nll_digits(groups: dict[str, list[dict]]) -> int:
+    """Decimals that give the smallest mean NLL of any mode three significant digits (at least 3):
+    converged easy-VQA models reach NLLs of a thousandth of a nat."""
+    means = [mean(v) for rs in groups.values() for key in ("nll", "elbo_nll") if (v := values(rs, key))]
+    low = min((m for m in means if m > 0), default=1.0)
+    return max(3, 2 - math.floor(math.log10(low)))
+
+
 # -- the table -------------------------------------------------------------------------------------
 def table(groups: dict[str, list[dict]]) -> list[str]:
+    digits = nll_digits(groups)
     lines = ["| mode | seeds | **test NLL** | accuracy % | yes/no · shape · colour % | -ELBO | prior H | q H | "
-             "exact posterior H | epochs to best (trained) | train min | paper NLL | paper eval | paper prior H |",
-             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "exact posterior H | best epoch | epochs trained | train min (CPU min) | paper NLL | paper eval | "
+             "paper prior H |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, runs in groups.items():
         paper = PAPER.get(mode, (None, None, None))
-        by_type = " · ".join(_fmt(mean(v) * 100, 1) if (v := values(runs, k)) else "–"
+        by_type = " · ".join(_fmt(mean(v) * 100, 2) if (v := values(runs, k)) else "–"
                              for k in ("yes/no", "shape", "color"))
-        trained = values(runs, "epochs_to_best"), [float(r["epochs"]) for r in runs]
-        epochs = f"{spread(trained[0], 1)} ({min(trained[1]):.0f}–{max(trained[1]):.0f})"
+        trained = [float(r["epochs"]) for r in runs]
+        epochs = f"{spread(values(runs, 'epochs_to_best'), 1)} | {spread(trained, 1)}"
+        minutes = f"{spread(values(runs, 'train_min'), 1)} ({spread(values(runs, 'train_cpu_min'), 1)})"
         lines.append(
-            f"| `{mode}` | {len(runs)} | **{spread(values(runs, 'nll'))}** | "
-            f"{spread(values(runs, 'accuracy'), 1, 100)} | "
-            f"{by_type} | {spread(values(runs, 'elbo_nll'))} | {spread(values(runs, 'prior_entropy'), 2)} | "
+            f"| `{mode}` | {len(runs)} | **{spread(values(runs, 'nll'), digits)}** | "
+            f"{spread(values(runs, 'accuracy'), 2, 100)} | "
+            f"{by_type} | {spread(values(runs, 'elbo_nll'), digits)} | {spread(values(runs, 'prior_entropy'), 2)} | "
             f"{spread(values(runs, 'posterior_entropy'), 2)} | {spread(values(runs, 'exact_posterior_entropy'), 2)} | "
-            f"{epochs} | {spread(values(runs, 'train_min'), 1)} | {_fmt(paper[0], 2)} | {_fmt(paper[1], 2)} | "
-            f"{_fmt(paper[2], 2)} |")
+            f"{epochs} | {minutes} | {_fmt(paper[0], 2)} | {_fmt(paper[1], 2)} | {_fmt(paper[2], 2)} |")
     return lines
 
 
@@ -108,19 +120,25 @@ def saturation_lines(groups: dict[str, list[dict]]) -> list[str]:
     if not means:
         return []
     lo, hi = min(means.values()), max(means.values())
-    text = (f"Test accuracy of the modes (means over seeds) spans {lo * 100:.1f}–{hi * 100:.1f} %; over all "
+    nll = [mean(v) for rs in groups.values() if (v := values(rs, "nll"))]
+    digits = nll_digits(groups)
+    text = (f"Test accuracy of the modes (means over seeds) spans {lo * 100:.1f}–{hi * 100:.1f} % and their test NLL "
+            f"{min(nll):.{digits}f}–{max(nll):.{digits}f} nats; over all "
             f"{len(runs)} runs the lowest accuracy on shape questions is {_fmt(_pct(lowest['shape']), 1)} %, on "
             f"colour questions {_fmt(_pct(lowest['color']), 1)} % and on yes/no questions "
             f"{_fmt(_pct(lowest['yes/no']), 1)} %. ")
-    saturated = [k for k in ("shape", "color") if lowest[k] is not None and lowest[k] >= SATURATED]
-    if len(saturated) == 2:
-        text += (f"Accuracy saturates on shape and colour (every run at {SATURATED * 100:.0f} % or above), so only "
-                 "the yes/no questions are left to tell the modes apart by accuracy: easy-VQA is too easy for "
-                 "accuracy to separate them, and the test NLL, which keeps falling as the model grows surer of "
-                 "the right answer, is the primary figure.")
+    saturated = [k for k in ("shape", "color", "yes/no") if lowest[k] is not None and lowest[k] >= SATURATED]
+    names = {"shape": "shape", "color": "colour", "yes/no": "yes/no"}
+    if len(saturated) == 3:
+        text += (f"Accuracy saturates on every question type (every run at {SATURATED * 100:.0f} % or above): "
+                 "easy-VQA is too easy for accuracy to separate the modes, and the test NLL, which keeps falling as "
+                 "a model grows surer of the right answer, is the primary figure.")
     elif saturated:
-        text += (f"Accuracy saturates on {' and '.join(saturated)} questions (every run at {SATURATED * 100:.0f} % "
-                 "or above) but not on the others; the test NLL is the primary figure.")
+        rest = [names[k] for k in ("shape", "color", "yes/no") if k not in saturated]
+        text += (f"Accuracy saturates on {' and '.join(names[k] for k in saturated)} questions (every run at "
+                 f"{SATURATED * 100:.0f} % or above), so only the {' and '.join(rest)} questions are left to tell "
+                 "the modes apart by accuracy; the test NLL, which keeps falling as a model grows surer of the right "
+                 "answer, is the primary figure.")
     else:
         text += f"No question type saturates (some run is below {SATURATED * 100:.0f} % on each); NLL is still the "
         text += "primary figure, as in the paper."
@@ -143,15 +161,17 @@ def ordering_lines(groups: dict[str, list[dict]]) -> list[str]:
     if len(nll) < 2:
         return []
     ranked = sorted(nll, key=lambda m: mean(nll[m]))
-    chain = f"`{ranked[0]}` {mean(nll[ranked[0]]):.3f}"
+    digits = nll_digits(groups)
+    chain = f"`{ranked[0]}` {mean(nll[ranked[0]]):.{digits}f}"
     for prev, cur in zip(ranked, ranked[1:]):
-        chain += f" {'<' if separated(nll[prev], nll[cur]) else '≈'} `{cur}` {mean(nll[cur]):.3f}"
+        chain += f" {'<' if separated(nll[prev], nll[cur]) else '≈'} `{cur}` {mean(nll[cur]):.{digits}f}"
     pairs = [(a, b) for i, a in enumerate(ranked) for b in ranked[i + 1:]]
     judged = [(a, b) for a, b in pairs if len(nll[a]) > 1 and len(nll[b]) > 1]
     apart = [(a, b) for a, b in judged if separated(nll[a], nll[b])]
     lines = [f"Modes by mean test NLL (`<`: every seed of the left mode below every seed of the right one; `≈`: "
              f"the seed ranges overlap): {chain}.",
-             f"Of the {len(judged)} pairs of modes with at least two seeds each, {len(apart)} are separated by more "
+             f"Of the {len(judged)} pair{'s' if len(judged) != 1 else ''} of modes with at least two seeds each, "
+             f"{len(apart)} {'are' if len(apart) != 1 else 'is'} separated by more "
              "than the spread over seeds" + (": " + ", ".join(f"`{a}` < `{b}`" for a, b in apart) + "." if apart
                                             else ".")]
     with_paper = [(a, b) for a, b in apart if a in PAPER and b in PAPER and PAPER[a][0] != PAPER[b][0]]
@@ -187,8 +207,12 @@ def setup_lines(groups: dict[str, list[dict]]) -> list[str]:
     if model.get("cnn_regions") == "local":
         regions += f" (a {model.get('cnn_grid')}x{model.get('cnn_grid')} cut of the image, one patch per cell)"
     stopped = sum(1 for r in runs if (r.get("stopped") or "").startswith("early"))
+    other = sum(1 for r in runs if r["study"] != study or (r.get("model") or {}) != model)
+    note = f" ({other} of the runs had other settings than these, the first run's)" if other else ""
     return [
-        f"- Runs: {len(runs)} ({len(groups)} modes), the `{study['config']}` config{sets}; CNN regions {regions}.",
+        f"- Runs: {len(runs)} ({len(groups)} mode{'s' if len(groups) != 1 else ''}), the `{study['config']}` "
+        f"config{sets}; CNN regions {regions}"
+        f"{note}.",
         f"- Training: batches of {cfg.get('batch_size')}, Adam {cfg.get('lr')}, learning rate halved after an epoch "
         f"whose validation is worse than the best before (from epoch {cfg.get('decay_start_epoch')}), until the "
         f"validation metric (-ELBO with an inference network, else the exact NLL) has not improved for "
@@ -232,7 +256,9 @@ def vqa_section(results_dir: Path, img_dir: Path, docs_dir: Path) -> list[str]:
     if not groups:
         return lines + [f"No results yet in `{Path(results_dir).name}/` (run `python experiments/vqa_study.py`).", ""]
     lines += setup_lines(groups) + [""]
-    lines += ["Test split of easy-VQA (9,673 questions, 13 answers, one annotator). Mean over seeds, min–max in "
+    questions = sorted({r["test"]["questions"] for rs in groups.values() for r in rs})
+    lines += [f"Test split of easy-VQA ({' or '.join(f'{q:,}' for q in questions)} questions, 13 answers, one "
+              "annotator). Mean over seeds, min–max in "
               "brackets; NLL and -ELBO in nats per question, entropies in nats over the regions. The paper's "
               "columns are VQA 2.0 (Table 1: NLL and VQA eval; Table 3: prior entropy over up to 36 detected "
               "regions): other data, other scale; only orderings can be compared.", ""]
