@@ -290,13 +290,22 @@ def _fake_vqa_run(tmp_path: Path) -> Path:
     return run
 
 
-@pytest.mark.parametrize("argv", [["evaluate", "{run}"], ["translate", "{run}"], ["plot", "{run}", "--src", "a",
-                                  "--tgt", "b", "-o", "x.png"], ["train", "--resume", "{run}"]])
+@pytest.mark.parametrize("argv", [["translate", "{run}"], ["plot", "{run}", "--src", "a", "--tgt", "b", "-o", "x.png"]])
 def test_nmt_commands_on_a_vqa_run_say_which_command_to_use(tmp_path, capsys, argv):
     run = _fake_vqa_run(tmp_path)
     code, _, err = cli(capsys, *[str(a).format(run=run) for a in argv])
     line = one_line_error(err)
-    assert code == 2 and "holds a VQA run" in line and "varattn vqa evaluate" in line, line
+    assert code == 2 and "holds a VQA run" in line and "varattn evaluate, vqa answer or vqa plot" in line, line
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "{run}"], ["train", "--resume", "{run}"]])
+def test_the_shared_commands_take_a_vqa_run_to_the_vqa_task(tmp_path, capsys, argv):
+    """``evaluate`` and ``train --resume`` serve every task: on this (fake, incomplete) VQA run they go on to
+    the VQA task's own checks instead of refusing it."""
+    run = _fake_vqa_run(tmp_path)
+    code, _, err = cli(capsys, *[str(a).format(run=run) for a in argv])
+    line = one_line_error(err)
+    assert code == 2 and "holds a" not in line and ("vocab.words.txt" in line or "resume/" in line), line
 
 
 def test_vqa_commands_on_a_translation_run_say_which_command_to_use(run_copy, capsys):
@@ -480,5 +489,7 @@ def test_vqa_answer_refuses_an_empty_question_and_counts_unknown_words(vqa_run, 
 
 
 def test_translation_commands_on_a_real_vqa_run_point_to_vqa(vqa_run, capsys):
-    code, _, err = cli(capsys, "evaluate", vqa_run)
+    code, _, err = cli(capsys, "translate", vqa_run)
     assert code == 2 and "holds a VQA run" in one_line_error(err)
+    code, out, _ = cli(capsys, "evaluate", vqa_run, "--json", "--limit", 5)  # the shared command evaluates it
+    assert code == 0 and json.loads(out)["questions"] == 5

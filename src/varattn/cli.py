@@ -1,7 +1,8 @@
 """The ``varattn`` command: one entry point, one subcommand per module of ``varattn.commands``.
 
 This module only assembles the parser from ``COMMAND_MODULES`` (each has
-``register(subparsers)`` and ``run(args) -> int``) and runs the chosen subcommand. Errors a
+``register(subparsers)`` and ``run(args) -> int``), with every registered task's flags
+(``varattn.training.registry``), and runs the chosen subcommand. Errors a
 user can cause print one line ``error: ...`` and exit with status 2; a reader that goes away
 (``varattn translate ... | head -1``) ends the command quietly with status 0.
 """
@@ -13,7 +14,7 @@ import importlib
 import logging
 import sys
 
-from varattn import __version__
+from varattn import __version__, register_shipped_tasks
 from varattn.errors import VarattnError
 
 #: the subcommands, in the order ``varattn --help`` lists them
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"varattn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    register_shipped_tasks()  # the train and evaluate flags of every task
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser

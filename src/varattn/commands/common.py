@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, TypeVar
 
 from varattn.errors import VarattnError
@@ -33,12 +33,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_corpus_arguments(p: argparse.ArgumentParser, stdin: bool = False) -> None:
     """``--prefix``, ``--src``, ``--tgt``, ``--src-lang``, ``--tgt-lang`` naming a parallel corpus."""
-    p.add_argument("--prefix", help="fairseq-style prefix: reads PREFIX.SRC_LANG and PREFIX.TGT_LANG")
-    either = " ('-' for stdin)" if stdin else ""
-    p.add_argument("--src", help="source file" + either)
-    p.add_argument("--tgt", help="target file" + either)
-    p.add_argument("--src-lang", default=None, help="source language suffix (default: the run's)")
-    p.add_argument("--tgt-lang", default=None, help="target language suffix (default: the run's)")
+    from varattn.nmt.registration import corpus_flags
+
+    corpus_flags(p, stdin)
 
 
 def check_batch_size(value: int, flag: str = "--batch-size") -> None:
@@ -46,11 +43,11 @@ def check_batch_size(value: int, flag: str = "--batch-size") -> None:
         raise VarattnError(f"{flag} must be at least 1, got {value}")
 
 
-def open_run(args: argparse.Namespace):
-    """The ``TrainedModel`` that ``add_run_arguments``' flags name."""
-    from varattn.nmt.run import load_run
+def open_run(args: argparse.Namespace, task: str = "nmt"):
+    """The trained run that ``add_run_arguments``' flags name, which must be of ``task`` (default: translation)."""
+    from varattn import load
 
-    return load_run(args.run_dir, args.checkpoint, args.device)
+    return load(args.run_dir, args.checkpoint, args.device, task)
 
 
 class UnknownTokens:
@@ -173,3 +170,53 @@ def silence_closed_stdout() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     finally:
         os.close(devnull)
+
+
+# -- flags of the registered tasks ---------------------------------------------------------------------
+
+
+def add_task_flags(parser: argparse.ArgumentParser, title: str, add: Callable[[argparse.ArgumentParser], None]) -> None:
+    """A task's own flags (``add``, e.g. a ``TaskSpec``'s ``train_flags``) in a group of ``parser``; a flag that
+    another task already added is shared, not repeated."""
+    group = parser.add_argument_group(title)
+
+    class Shared:
+        @staticmethod
+        def add_argument(*names, **kwargs):
+            try:
+                return group.add_argument(*names, **kwargs)
+            except argparse.ArgumentError:  # the same flag, added by another task: one flag serves both
+                return None
+
+    add(Shared)
+
+
+def task_flag_actions(add: Callable[[argparse.ArgumentParser], None] | None) -> list[argparse.Action]:
+    """The flags ``add`` defines (their ``dest``, ``default``, ``option_strings``), read off a scratch parser."""
+    if add is None:
+        return []
+    scratch = argparse.ArgumentParser(add_help=False)
+    actions: list[argparse.Action] = []
+
+    class Recorder:
+        @staticmethod
+        def add_argument(*names, **kwargs):
+            actions.append(scratch.add_argument(*names, **kwargs))
+            return actions[-1]
+
+    add(Recorder)
+    return actions
+
+
+def refuse_foreign_flags(args: argparse.Namespace, spec, kind: str, where: str) -> None:
+    """A flag of another registered task's ``kind`` (``train``, ``evaluate``) that was given: one-line error."""
+    from varattn.training.registry import get_task, task_names
+
+    own = {a.dest for a in task_flag_actions(getattr(spec, f"{kind}_flags"))}
+    for name in task_names():
+        if name == spec.name:
+            continue
+        for action in task_flag_actions(getattr(get_task(name), f"{kind}_flags")):
+            if action.dest not in own and getattr(args, action.dest, action.default) != action.default:
+                raise VarattnError(f"{action.option_strings[0]} is for {name} runs, not for this {spec.name} run "
+                                   f"({where})")

@@ -1,24 +1,24 @@
-"""``varattn vqa``: visual question answering with a latent region (train, evaluate, answer, plot)."""
+"""``varattn vqa``: visual question answering with a latent region (answer, plot; train and evaluate).
+
+``vqa train`` and ``vqa evaluate`` are ``varattn train --task vqa`` and ``varattn evaluate`` limited to VQA
+runs, with VQA's flags only: the spellings of the first releases, kept so that nothing a user typed breaks.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-from pathlib import Path
 
+from varattn.commands import evaluate, train
+from varattn.commands.common import add_run_arguments, open_run
+from varattn.commands.evaluate import add_evaluate_arguments
+from varattn.commands.train import add_train_arguments
 from varattn.errors import VarattnError
 
 log = logging.getLogger("varattn")
 
-#: training flags that --resume may change; every other setting comes from the run's run.json
-RESUMABLE = ("max_steps", "epochs", "max_minutes", "threads", "device")
-
-
-def _run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="run directory written by varattn vqa train")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda:N")
+TASK = "vqa"
 
 
 def _input_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,53 +29,29 @@ def _input_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    from varattn.latent import mode_names
-
     vqa = sub.add_parser("vqa", help="visual question answering with a latent image region")
     vqa.set_defaults(func=run)  # run() hands over to the nested subcommand's vqa_func
     cmds = vqa.add_subparsers(dest="vqa_command", required=True)
 
-    p = cmds.add_parser("train", help="train (default: easy-VQA, which the easy-vqa package ships)")
-    p.add_argument("--config", default="easy", help="YAML config path or shipped name: easy, vqa2")
-    p.add_argument("--mode", help="training mode: " + ", ".join(mode_names()))
-    p.add_argument("--out", help="run directory (default runs/vqa-MODE)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-minutes", type=float, help="stop (and validate) after this much wall-clock time")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int, help="questions per batch")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--eval-every", type=int, help="validate every N updates (default: every epoch)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set data.train_features=feats.h5 --set model.dropout=0.3")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-tensorboard", action="store_true")
-    p.set_defaults(func=run, vqa_func=cmd_train)
+    p = cmds.add_parser("train", help="train (default: easy-VQA, which the easy-vqa package ships); "
+                        "the same as varattn train --task vqa")
+    add_train_arguments(p, [TASK])
+    p.set_defaults(func=run, vqa_func=train.run, task=TASK)
 
-    p = cmds.add_parser("evaluate", help="VQA accuracy, exact NLL, ELBO and entropies of a trained run")
-    _run_arguments(p)
-    p.add_argument("--split", default="test", choices=["test", "valid"],
-                   help="easy-VQA: its test split (default) or the run's held-out validation images")
-    p.add_argument("--questions", help="VQA 2.0 questions JSON (default: the run's validation files)")
-    p.add_argument("--annotations", help="VQA 2.0 annotations JSON")
-    p.add_argument("--features", help="region feature file of those questions' images")
-    p.add_argument("--limit", type=int, help="only the first N questions")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run, vqa_func=cmd_evaluate)
+    p = cmds.add_parser("evaluate", help="VQA accuracy, exact NLL, ELBO and entropies of a trained run; the same as "
+                        "varattn evaluate")
+    add_evaluate_arguments(p, [TASK])
+    p.set_defaults(func=run, vqa_func=evaluate.run, task=TASK)
 
     p = cmds.add_parser("answer", help="the top answers to a question about an image, with probabilities")
-    _run_arguments(p)
+    add_run_arguments(p)
     _input_arguments(p)
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run, vqa_func=cmd_answer)
 
     p = cmds.add_parser("plot", help="draw the image with the prior, q and the exact posterior over its regions")
-    _run_arguments(p)
+    add_run_arguments(p)
     _input_arguments(p)
     p.add_argument("--answer", help="the answer the posteriors condition on (default: the model's top answer)")
     p.add_argument("-o", "--output", required=True, help="image file to write (png, pdf, svg)")
@@ -86,79 +62,8 @@ def run(args: argparse.Namespace) -> int:
     return args.vqa_func(args)
 
 
-def _config(args: argparse.Namespace):
-    from varattn.training.run_info import parse_section, read_run_info
-    from varattn.vqa.config import VQAConfig, load_config
-
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "run.json").is_file():
-            raise VarattnError(f"nothing to resume in {run_dir} (no run.json)")
-        fixed = {"--mode": args.mode, "--out": args.out, "--seed": args.seed, "--batch-size": args.batch_size,
-                 "--lr": args.lr, "--eval-every": args.eval_every, "--set": args.set or None}
-        given = [flag for flag, value in fixed.items() if value is not None]
-        if given:
-            raise VarattnError(f"--resume continues the run as configured in {run_dir / 'run.json'}; drop "
-                               f"{', '.join(given)} (only --max-steps, --epochs, --max-minutes, --threads and --device "
-                               "change)")
-        info = read_run_info(run_dir, "vqa")
-        d = info["config"]
-        for key in RESUMABLE:
-            if getattr(args, key) is not None:
-                d[key] = getattr(args, key)
-        return parse_section(run_dir, "config", lambda: VQAConfig.from_dict(d)), run_dir
-    overrides = {"mode": args.mode, "max_steps": args.max_steps, "epochs": args.epochs, "seed": args.seed,
-                 "batch_size": args.batch_size, "lr": args.lr, "eval_every": args.eval_every, "threads": args.threads,
-                 "max_minutes": args.max_minutes, "device": args.device}
-    cfg = load_config(args.config, overrides, args.set)
-    return cfg, Path(args.out or f"runs/vqa-{cfg.mode}")
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from varattn.vqa.train import train
-
-    cfg, run_dir = _config(args)
-    log.info("training %s (VQA, %s) into %s", cfg.mode, cfg.data.source, run_dir)
-    result = train(cfg, run_dir, resume=bool(args.resume), progress=None if not args.no_progress else False,
-                   tensorboard=not args.no_tensorboard)
-    elbo = f" | -ELBO {result['elbo_nll']:.4f}" if result.get("elbo_nll") is not None else ""
-    print(f"{cfg.mode}: step {result['step']} | valid accuracy {result['accuracy']:.4f} | NLL {result['nll']:.4f}"
-          f"{elbo} | {result['questions']} validation questions | run: {run_dir}")
-    return 0
-
-
 def _load(args: argparse.Namespace):
-    from varattn.vqa.run import load_run
-
-    return load_run(args.run_dir, args.checkpoint, args.device)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise VarattnError("--limit must be at least 1")
-    if args.batch_size < 1:
-        raise VarattnError("--batch-size must be at least 1")
-    if bool(args.questions) != bool(args.annotations):
-        raise VarattnError("give --questions and --annotations together")
-    trained = _load(args)
-    result = trained.evaluate(args.split, args.questions, args.annotations, args.features, args.batch_size, args.limit)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(f"mode {trained.mode} | {result['questions']} questions ({result['scored_questions']} with an answer in "
-          "the vocabulary)")
-    print(f"VQA accuracy          {result['accuracy']:.4f}")
-    for kind, value in result["accuracy_by_type"].items():
-        print(f"  {kind:<19} {value:.4f}")
-    print(f"exact NLL             {result['nll']:.4f}")
-    if result["elbo_nll"] is not None:
-        print(f"-ELBO                 {result['elbo_nll']:.4f}")
-    print(f"prior entropy         {result['prior_entropy']:.4f}")
-    if result["posterior_entropy"] is not None:
-        print(f"posterior entropy     {result['posterior_entropy']:.4f}")
-    if result["exact_posterior_entropy"] is not None:
-        print(f"exact posterior ent.  {result['exact_posterior_entropy']:.4f}")
-    return 0
+    return open_run(args, TASK)
 
 
 def _inputs(args: argparse.Namespace, trained) -> dict:

@@ -22,13 +22,14 @@ from varattn.nmt.model import ModelConfig
 from varattn.objective_options import objective_section
 from varattn.training.config import (
     TrainingConfig,
-    build,
+    checked_model,
     config_data,
     non_negative,
     one_of,
     positive,
     probability_below_one,
     spec,
+    without_data_sizes,
 )
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -36,23 +37,13 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 _FROM_DATA = ("src_vocab_size", "tgt_vocab_size")
 
 
-def _set_from_data(_value) -> str:
-    return "is set from the data, not the config"
-
-
 #: range checks of the ``model:`` section (every other size must be a positive integer)
-MODEL_RULES = {"dropout": probability_below_one, "init_range": positive,
-               **{k: _set_from_data for k in _FROM_DATA}}
+MODEL_RULES = {"dropout": probability_below_one, "init_range": positive}
 
 
 def model_section(d: dict | ModelConfig) -> ModelConfig:
     """The checked ``model:`` section."""
-    if isinstance(d, ModelConfig):
-        d = {k: v for k, v in dataclasses.asdict(d).items() if k not in _FROM_DATA}
-    if not isinstance(d, dict):
-        raise VarattnError(f"model must be a mapping of model sizes, got {d!r}")
-    rules = {f.name: positive for f in dataclasses.fields(ModelConfig) if f.type in ("int", int)}
-    return build(ModelConfig, d, prefix="model.", rules={**rules, **MODEL_RULES})
+    return checked_model(ModelConfig, d, _FROM_DATA, MODEL_RULES)
 
 
 @dataclass
@@ -95,11 +86,9 @@ class TrainConfig(TrainingConfig):
         return dataclasses.replace(self.model, src_vocab_size=src_vocab, tgt_vocab_size=tgt_vocab)
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["model"] = {k: v for k, v in d["model"].items() if k not in _FROM_DATA}
-        return d
+        return without_data_sizes(self, _FROM_DATA)
 
 
 def load_config(name: str, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> TrainConfig:
     """Read a config file, then apply ``overrides`` (flag values) and ``sets`` (``key=value``)."""
-    return TrainConfig.from_dict(config_data(name, CONFIG_DIR, overrides, sets))
+    return TrainConfig.from_dict(config_data(name, CONFIG_DIR, overrides, sets, task="nmt"))

@@ -24,50 +24,40 @@ from pathlib import Path
 
 import torch
 
-from varattn.checkpoint import load_weights
-from varattn.device import resolve_device
 from varattn.errors import VarattnError
-from varattn.latent import Objective, make_objective
 from varattn.nmt.batching import collate, index_batches
 from varattn.nmt.config import TrainConfig
+from varattn.nmt.evaluate import evaluate as evaluate_batches
 from varattn.nmt.evaluate import sentence_scores
-from varattn.nmt.model import LatentAlignmentNMT, ModelConfig
+from varattn.nmt.model import LatentAlignmentNMT
 from varattn.nmt.search import DecodingOptions, Translation, decode
 from varattn.nmt.text import Segmenter
 from varattn.nmt.vocab import Vocab
 from varattn.training import RUN_FILE
-from varattn.training.run_info import check_files, check_size, parse_section, read_run_info
+from varattn.training.run_info import check_size, parse_section
+from varattn.training.trained import RunParts, TrainedRun
 
-__all__ = ["RUN_FILE", "TrainedModel", "load_run"]
+__all__ = ["RUN_FILE", "TrainedModel", "load_run", "open_trained"]
 log = logging.getLogger("varattn")
+#: why ``evaluate`` leaves a pair out -> the words its report uses
+SKIP_REASONS = {"empty_source": "with an empty source"}
 
 
 @dataclass
-class TrainedModel:
-    """A trained model loaded from a run directory: ``varattn.load(run_dir)`` returns one.
+class TrainedModel(TrainedRun):
+    """A trained translation model loaded from a run directory: ``varattn.load(run_dir)`` returns one.
 
-    Attributes:
-        run_dir: the directory it came from.
-        config: the training configuration.
-        model: the network, in evaluation mode.
-        objective: the training mode's objective (its ``score`` gives the exact figures).
+    Attributes (beside ``run_dir``, ``config``, ``model``, ``objective`` and ``meta``, see
+    ``varattn.training.trained.TrainedRun``):
         src_vocab, tgt_vocab, src_seg, tgt_seg: vocabularies and segmenters.
-        meta: the checkpoint's metadata (step, validation figures).
     """
 
-    run_dir: Path
     config: TrainConfig
     model: LatentAlignmentNMT
-    objective: Objective
     src_vocab: Vocab
     tgt_vocab: Vocab
     src_seg: Segmenter
     tgt_seg: Segmenter
-    meta: dict
-
-    @property
-    def mode(self) -> str:
-        return self.config.mode
 
     def encode_src(self, line: str) -> list[int]:
         return self.src_vocab.encode(self.src_seg.tokenize(line))
@@ -97,6 +87,38 @@ class TrainedModel:
             batch = collate([src[k] for k in chunk], [tgt[k] for k in chunk])
             out.extend(sentence_scores(self.model, self.objective, batch))
         return out
+
+    def evaluate(self, src_lines: list[str], tgt_lines: list[str], batch_size: int = 32,
+                 topk: int | None = None) -> dict:
+        """Exact perplexity, ELBO, token accuracy and entropies (``varattn.nmt.evaluate.evaluate``) of sentence pairs.
+
+        Pairs the model cannot score (an empty source) are left out and counted by reason under ``skipped``;
+        ``topk`` adds the K-max perplexity.
+        """
+        pairs, skipped = encode_pairs(self, src_lines, tgt_lines)
+        if not pairs:
+            reason = skipped_line(skipped, len(src_lines))
+            raise VarattnError("no sentence pairs to evaluate" + (f" ({reason})" if reason else ""))
+        batches = [collate([pairs[k][0] for k in chunk], [pairs[k][1] for k in chunk], chunk)
+                   for chunk in index_batches(range(len(pairs)), batch_size)]
+        result = evaluate_batches(self.model, self.objective, batches, topk=topk)
+        result["mode"] = self.mode
+        result["skipped"] = skipped
+        return result
+
+    def valid_lines(self) -> tuple[list[str], list[str]]:
+        """The run's own validation pairs as lines (the synthetic task's, or its ``valid`` files)."""
+        from varattn.data.corpus import read_lines, resolve_pair
+        from varattn.nmt.data import synthetic_pairs
+
+        cfg = self.config
+        if cfg.valid is None:
+            valid = synthetic_pairs(cfg)["valid"].head(cfg.max_valid_sentences)
+            return [" ".join(s) for s in valid.src], [" ".join(t) for t in valid.tgt]
+        src_path, tgt_path = resolve_pair(cfg.valid, cfg.src_lang, cfg.tgt_lang)
+        src, tgt = read_lines(src_path), read_lines(tgt_path)
+        n = cfg.max_valid_sentences
+        return (src[:n], tgt[:n]) if n else (src, tgt)
 
     def align(self, src_lines: list[str], tgt_lines: list[str], method: str = "exact",
               threshold: float | None = None, batch_size: int = 32) -> list[dict]:
@@ -158,19 +180,32 @@ class TrainedModel:
         return out
 
 
-def load_run(run_dir: str | Path, which: str = "best", device: str | None = "auto") -> TrainedModel:
-    """Load ``RUN_DIR/{best,last}`` with its config, vocabularies and segmenters.
+def encode_pairs(trained: TrainedModel, src: list[str], tgt: list[str]) -> tuple[list[tuple[list[int], list[int]]],
+                                                                             dict]:
+    """The pairs as ids, without those the model cannot score; and ``{reason: count}`` of those left out."""
+    kept, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
+    for s, t in zip(src, tgt):
+        s_ids = trained.encode_src(s)
+        if not s_ids:
+            skipped["empty_source"] += 1
+            continue
+        kept.append((s_ids, trained.encode_tgt(t)))
+    return kept, skipped
 
-    ``device``: where the model runs (``auto``: a CUDA GPU if there is one, else the CPU; or
-    ``cpu``, ``cuda``, ``cuda:N``). Results come back on the CPU whatever the device.
-    """
-    target = resolve_device(device)
-    run_dir = Path(run_dir)
-    info = read_run_info(run_dir, "nmt")
-    cfg = parse_section(run_dir, "config", lambda: TrainConfig.from_dict(info["config"]))
-    model_cfg = parse_section(run_dir, "model", lambda: ModelConfig.from_dict(info["model"]))
-    objective = parse_section(run_dir, "config", lambda: make_objective(cfg.mode, **cfg.objective))
-    check_files(run_dir, info)
+
+def skipped_line(skipped: dict, total: int) -> str | None:
+    """``skipped 3 of 300 pairs: 3 with an empty source``, or None when nothing was skipped."""
+    n = sum(skipped.values())
+    if not n:
+        return None
+    reasons = ", ".join(f"{count} {SKIP_REASONS[key]}" for key, count in skipped.items() if count)
+    return f"skipped {n} of {total} pairs: {reasons}"
+
+
+def open_trained(parts: RunParts) -> TrainedModel:
+    """The translation part of opening a run (``varattn.training.trained.load_trained`` does the rest):
+    the vocabularies, checked against the model sizes, the segmenters and the model with its weights."""
+    run_dir, model_cfg, info = parts.run_dir, parts.model, parts.info
     vocabs = []
     for side, size, what in (("src", model_cfg.src_vocab_size, "source embedding"),
                              ("tgt", model_cfg.tgt_vocab_size, "target embedding and output layer")):
@@ -181,8 +216,19 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | None = "aut
     seg = parse_section(run_dir, "segmentation", lambda: info["segmentation"])
     segmenters = [parse_section(run_dir, "segmentation", lambda s=s: Segmenter.from_json(seg[s], run_dir))
                   for s in ("src", "tgt")]
-    model = LatentAlignmentNMT(model_cfg, with_inference=objective.uses_posterior,
-                               with_precision=objective.needs_precision)
-    meta = load_weights(model, run_dir / which)
-    model.to(target).eval()
-    return TrainedModel(run_dir, cfg, model, objective, vocabs[0], vocabs[1], segmenters[0], segmenters[1], meta)
+    model = LatentAlignmentNMT(model_cfg, with_inference=parts.objective.uses_posterior,
+                               with_precision=parts.objective.needs_precision)
+    return TrainedModel(run_dir=run_dir, config=parts.config, model=model, objective=parts.objective,
+                        meta=parts.load_weights(model), src_vocab=vocabs[0], tgt_vocab=vocabs[1],
+                        src_seg=segmenters[0], tgt_seg=segmenters[1])
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str | None = "auto") -> TrainedModel:
+    """Load ``RUN_DIR/{best,last}`` of a translation run with its config, vocabularies and segmenters.
+
+    ``device``: where the model runs (``auto``: a CUDA GPU if there is one, else the CPU; or
+    ``cpu``, ``cuda``, ``cuda:N``). Results come back on the CPU whatever the device.
+    """
+    from varattn.nmt.registration import NMT
+
+    return NMT.load(run_dir, which, device)

@@ -193,6 +193,28 @@ def build(cls: type[C], d: Mapping[str, Any], prefix: str = "", rules: Mapping[s
     return obj
 
 
+def checked_model(cls: type[C], d: Any, from_data: tuple[str, ...], rules: Mapping[str, Rule]) -> C:
+    """A task's checked ``model:`` section (a mapping, or a ``cls`` in code): every integer size positive, ``rules``
+    on top, and the keys ``from_data`` (vocabulary sizes, which the data decides) refused."""
+    if isinstance(d, cls):
+        d = {k: v for k, v in dataclasses.asdict(d).items() if k not in from_data}
+    if not isinstance(d, dict):
+        raise VarattnError(f"model must be a mapping of model sizes, got {d!r}")
+    sizes = {f.name: positive for f in dataclasses.fields(cls) if f.type in ("int", int)}
+    return build(cls, d, prefix="model.", rules={**sizes, **rules, **dict.fromkeys(from_data, _set_from_data)})
+
+
+def _set_from_data(_value) -> str:
+    return "is set from the data, not the config"
+
+
+def without_data_sizes(cfg, from_data: tuple[str, ...]) -> dict:
+    """``cfg`` as a dict (``run.json``'s config) without the ``model:`` keys the data decides."""
+    d = dataclasses.asdict(cfg)
+    d["model"] = {k: v for k, v in d["model"].items() if k not in from_data}
+    return d
+
+
 def check_options(key: str, schema: Mapping[str, tuple[Any, Rule | None]],
                   options: Mapping[str, Any]) -> dict[str, Any]:
     """Check ``options`` against ``schema``: ``{name: (type hint, range rule or None)}`` (an objective's options).
@@ -218,6 +240,9 @@ def check_options(key: str, schema: Mapping[str, tuple[Any, Rule | None]],
 
 
 # -- YAML files and --set overrides ------------------------------------------------------------------
+
+#: the key of a config file that names its task (``varattn train`` reads it; the task's config never sees it)
+TASK_KEY = "task"
 
 
 def resolve_config_path(name: str, shipped_dir: Path) -> Path:
@@ -245,10 +270,18 @@ def read_config_file(path: Path) -> dict:
 
 
 def config_data(name: str, shipped_dir: Path, overrides: dict[str, Any] | None = None,
-                sets: list[str] | None = None) -> dict:
+                sets: list[str] | None = None, task: str | None = None) -> dict:
     """A config file's mapping (a path, or a name shipped in ``shipped_dir``) with ``overrides``
-    (flag values; ``None`` means "not given") and then ``sets`` (``key=value`` strings) applied."""
-    data = read_config_file(resolve_config_path(name, shipped_dir))
+    (flag values; ``None`` means "not given") and then ``sets`` (``key=value`` strings) applied.
+
+    A file may name its task (``task: vqa``, read by ``varattn train``); the key is checked against
+    ``task`` and left out of the mapping.
+    """
+    path = resolve_config_path(name, shipped_dir)
+    data = read_config_file(path)
+    named = data.pop(TASK_KEY, None)
+    if task is not None and named is not None and named != task:
+        raise VarattnError(f"config {path} is for the {named} task ({TASK_KEY}: {named}), not for {task}")
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value

@@ -23,11 +23,6 @@ RUN_FILE = "run.json"
 RUN_FORMAT = "varattn-run-1"
 #: the key of ``run.json`` that holds ``{file name: sha256}``
 FILES_KEY = "files"
-#: the commands that read each task's runs, for errors that meet a run of the other task
-TASK_COMMANDS = {
-    "nmt": "varattn evaluate, translate, align or plot (continue it with varattn train --resume)",
-    "vqa": "varattn vqa evaluate, answer or plot (continue it with varattn vqa train --resume)",
-}
 
 Config = TypeVar("Config")
 
@@ -51,8 +46,10 @@ def read_run_info(run_dir: str | Path, task: str | None = None) -> dict[str, Any
         raise VarattnError(f"{path} is corrupted (no config)")
     held = info.get("task", "nmt")
     if task is not None and held != task:
-        use = TASK_COMMANDS.get(held)
-        hint = f"; use {use}" if use else ""
+        from varattn.training.registry import find_task
+
+        spec = find_task(str(held))
+        hint = f"; use {spec.commands}" if spec is not None and spec.commands else ""
         raise VarattnError(f"{run_dir} holds a {str(held).upper()} run ({path} says task {held!r}), not a "
                            f"{task.upper()} run{hint}")
     return info

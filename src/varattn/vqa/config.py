@@ -20,12 +20,14 @@ from varattn.objective_options import objective_section
 from varattn.training.config import (
     TrainingConfig,
     build,
+    checked_model,
     config_data,
     non_negative,
     one_of,
     positive,
     probability_below_one,
     spec,
+    without_data_sizes,
 )
 from varattn.vqa.model import CNN_REGIONS, REGION_ENCODERS, VQAModelConfig
 
@@ -86,21 +88,11 @@ def data_section(d: dict | VQADataConfig) -> VQADataConfig:
 _FROM_DATA = ("num_words", "num_answers")
 
 
-def _set_from_data(_value) -> str:
-    return "is set from the data, not the config"
-
-
 def model_section(d: dict | VQAModelConfig) -> VQAModelConfig:
     """The checked ``model:`` section."""
-    if isinstance(d, VQAModelConfig):
-        d = {k: v for k, v in dataclasses.asdict(d).items() if k not in _FROM_DATA}
-    if not isinstance(d, dict):
-        raise VarattnError(f"model must be a mapping of model sizes, got {d!r}")
-    rules = {f.name: positive for f in dataclasses.fields(VQAModelConfig) if f.type in ("int", int)}
-    rules.update({"dropout": probability_below_one, "region_encoder": one_of(*REGION_ENCODERS),
-                  "cnn_regions": one_of(*CNN_REGIONS),
-                  **{k: _set_from_data for k in _FROM_DATA}})
-    cfg = build(VQAModelConfig, d, prefix="model.", rules=rules)
+    rules = {"dropout": probability_below_one, "region_encoder": one_of(*REGION_ENCODERS),
+             "cnn_regions": one_of(*CNN_REGIONS)}
+    cfg = checked_model(VQAModelConfig, d, _FROM_DATA, rules)
     if not cfg.cnn_channels or any(c < 1 for c in cfg.cnn_channels):
         raise VarattnError(f"model.cnn_channels must be positive integers, got {cfg.cnn_channels!r}")
     return cfg
@@ -135,11 +127,9 @@ class VQAConfig(TrainingConfig):
         return dataclasses.replace(self.model, num_words=num_words, num_answers=num_answers)
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["model"] = {k: v for k, v in d["model"].items() if k not in _FROM_DATA}
-        return d
+        return without_data_sizes(self, _FROM_DATA)
 
 
 def load_config(name: str, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> VQAConfig:
     """Read a config file (a path or a shipped name), then apply ``overrides`` (flags) and ``sets`` (``key=value``)."""
-    return VQAConfig.from_dict(config_data(name, CONFIG_DIR, overrides, sets))
+    return VQAConfig.from_dict(config_data(name, CONFIG_DIR, overrides, sets, task="vqa"))

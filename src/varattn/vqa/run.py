@@ -14,18 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from varattn.checkpoint import load_weights
-from varattn.device import resolve_device
 from varattn.errors import VarattnError
 from varattn.extras import optional_import
-from varattn.latent import MaskedCategorical, Objective, make_objective
-from varattn.training.run_info import RUN_FILE, check_files, check_size, parse_section, read_run_info
+from varattn.latent import MaskedCategorical
+from varattn.training.run_info import RUN_FILE, check_size
+from varattn.training.trained import RunParts, TrainedRun
 from varattn.vqa.config import VQAConfig
 from varattn.vqa.data import BatchSpec, QuestionSet, RegionSource, make_batch
 from varattn.vqa.datasets import WORD_SPECIALS, easy_test, feature_split
 from varattn.vqa.evaluate import figures, summed
 from varattn.vqa.features import open_features
-from varattn.vqa.model import VQAModel, VQAModelConfig
+from varattn.vqa.model import VQAModel
 from varattn.vqa.task import ANSWERS_FILE, WORDS_FILE, batch_specs
 from varattn.vqa.text import Vocab, tokenize_question
 
@@ -47,24 +46,18 @@ class Regions:
 
 
 @dataclass
-class TrainedVQA:
-    """A trained VQA model loaded from a run directory."""
+class TrainedVQA(TrainedRun):
+    """A trained VQA model loaded from a run directory: ``answer``, ``regions``, ``evaluate``.
 
-    run_dir: Path
+    Attributes (beside ``run_dir``, ``config``, ``model``, ``objective`` and ``meta``, see
+    ``varattn.training.trained.TrainedRun``):
+        words, answers: the question-word and answer vocabularies.
+    """
+
     config: VQAConfig
     model: VQAModel
-    objective: Objective
     words: Vocab
     answers: Vocab
-    meta: dict
-
-    @property
-    def mode(self) -> str:
-        return self.config.mode
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     # -- inputs ------------------------------------------------------------------------------------
     def _image_regions(self, image) -> dict[str, torch.Tensor]:
@@ -205,23 +198,25 @@ def _key(image_id):
         return str(image_id)
 
 
-def load_run(run_dir: str | Path, which: str = "best", device: str | None = "auto") -> TrainedVQA:
-    """Load ``RUN_DIR/{best,last}`` with its config and vocabularies onto ``device``."""
-    target = resolve_device(device)
-    run_dir = Path(run_dir)
-    info = read_run_info(run_dir, "vqa")
-    cfg = parse_section(run_dir, "config", lambda: VQAConfig.from_dict(info["config"]))
-    model_cfg = parse_section(run_dir, "model", lambda: VQAModelConfig.from_dict(info["model"]))
-    objective = parse_section(run_dir, "config", lambda: make_objective(cfg.mode, **cfg.objective))
-    check_files(run_dir, info)
+def open_trained(parts: RunParts) -> TrainedVQA:
+    """The VQA part of opening a run (``varattn.training.trained.load_trained`` does the rest): the word and
+    answer vocabularies, checked against the model sizes, and the model with its weights."""
+    run_dir, model_cfg = parts.run_dir, parts.model
     words = Vocab.load(run_dir / WORDS_FILE, WORD_SPECIALS)
     check_size(run_dir / WORDS_FILE, len(words), model_cfg.num_words, f"model's word embedding ({RUN_FILE})")
     answers = Vocab.load(run_dir / ANSWERS_FILE)
     check_size(run_dir / ANSWERS_FILE, len(answers), model_cfg.num_answers, f"model's answer layer ({RUN_FILE})")
-    model = VQAModel(model_cfg, with_inference=objective.uses_posterior, with_precision=objective.needs_precision)
-    meta = load_weights(model, run_dir / which)
-    model.to(target).eval()
-    return TrainedVQA(run_dir, cfg, model, objective, words, answers, meta)
+    model = VQAModel(model_cfg, with_inference=parts.objective.uses_posterior,
+                     with_precision=parts.objective.needs_precision)
+    return TrainedVQA(run_dir=run_dir, config=parts.config, model=model, objective=parts.objective,
+                      meta=parts.load_weights(model), words=words, answers=answers)
 
 
-__all__ = ["BatchSpec", "Regions", "TrainedVQA", "load_run"]
+def load_run(run_dir: str | Path, which: str = "best", device: str | None = "auto") -> TrainedVQA:
+    """Load ``RUN_DIR/{best,last}`` of a VQA run with its config and vocabularies onto ``device``."""
+    from varattn.vqa.registration import VQA
+
+    return VQA.load(run_dir, which, device)
+
+
+__all__ = ["BatchSpec", "Regions", "TrainedVQA", "load_run", "open_trained"]

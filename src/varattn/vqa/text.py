@@ -13,11 +13,10 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 
-from varattn.errors import VarattnError
+from varattn.vocab import UNK, Vocab
 
-PAD, UNK = "<pad>", "<unk>"
+PAD = "<pad>"
 
 _QUESTION_PUNCT = re.compile(r"[^\w\s']|_")
 _NUMBERS = {
@@ -64,61 +63,6 @@ def normalize_answer(text: str) -> str:
             continue
         words.append(_CONTRACTIONS.get(word, word))
     return " ".join(words)
-
-
-class Vocab:
-    """A string <-> index map stored as text, one entry per line (index = line number).
-
-    ``specials`` (e.g. ``<pad> <unk>`` for question words, none for answers) come first.
-    """
-
-    def __init__(self, items: Iterable[str], specials: tuple[str, ...] = ()):
-        self.itos: list[str] = list(items)
-        self.specials = specials
-        if tuple(self.itos[: len(specials)]) != specials:
-            raise VarattnError(f"a vocabulary must start with {' '.join(specials)}")
-        self.stoi = {s: i for i, s in enumerate(self.itos)}
-        if len(self.stoi) != len(self.itos):
-            raise VarattnError("a vocabulary lists the same entry twice")
-
-    @classmethod
-    def build(cls, counts: Counter, min_count: int = 1, max_size: int | None = None,
-              specials: tuple[str, ...] = ()) -> Vocab:
-        """Entries seen at least ``min_count`` times, most frequent first (ties alphabetical)."""
-        ranked = sorted((s for s, c in counts.items() if c >= min_count and s not in specials),
-                        key=lambda s: (-counts[s], s))
-        if max_size is not None:
-            ranked = ranked[: max(0, max_size - len(specials))]
-        return cls([*specials, *ranked], specials)
-
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def __contains__(self, item: str) -> bool:
-        return item in self.stoi
-
-    def index(self, item: str, default: int | None = None) -> int | None:
-        return self.stoi.get(item, default)
-
-    def encode(self, tokens: list[str]) -> list[int]:
-        """Token ids, unknown tokens as ``<unk>`` (the vocabulary must have one)."""
-        unk = self.stoi[UNK]
-        return [self.stoi.get(t, unk) for t in tokens]
-
-    def save(self, path: str | Path) -> None:
-        from varattn.fileio import atomic_write_text
-
-        if any("\n" in s for s in self.itos):
-            raise VarattnError("a vocabulary entry contains a line break")
-        atomic_write_text(path, "".join(s + "\n" for s in self.itos))
-
-    @classmethod
-    def load(cls, path: str | Path, specials: tuple[str, ...] = ()) -> Vocab:
-        path = Path(path)
-        if not path.is_file():
-            raise VarattnError(f"vocabulary file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        return cls(text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"), specials)
 
 
 def question_vocab(questions: Iterable[list[str]], min_count: int = 1) -> Vocab:
