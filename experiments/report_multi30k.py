@@ -344,22 +344,31 @@ def plot_alignments(result: dict, path: Path) -> Path | None:
     return path
 
 
-def setup_lines(results: dict) -> list[str]:
-    r = next(iter(results.values()), None)
-    if r is None:
-        return ["No mode has finished yet."]
+def data_and_model_lines(r: dict) -> tuple[str, str]:
+    """The data and the model of a result, as two bullet lines (the model line without its full stop)."""
     cfg, model, study = r.get("config") or {}, r.get("model") or {}, r["study"]
     sizes = ", ".join(f"{k} {model.get(k)}" for k in ("embed_dim", "encoder_hidden", "encoder_layers",
                                                        "decoder_hidden", "attention_dim", "output_hidden",
                                                        "inference_hidden") if k in model)
+    data = (f"- Data: Multi30k task 1, German to English, the lowercased Moses-tokenised files (29,000 training "
+            f"pairs, `val` 1,014 for validation; pairs over {cfg.get('max_len')} pieces dropped from train, 5 of "
+            f"them), joint BPE with {study['bpe_merges']} merges learned on the training split only (subword-nmt): "
+            f"{model.get('src_vocab_size')} German and {model.get('tgt_vocab_size')} English types.")
+    model_line = (f"- Model (`experiments/multi30k.yaml`, the same for every mode): {sizes}; dropout "
+                  f"{model.get('dropout')}; Adam {cfg.get('lr')}, batches of {cfg.get('batch_size')} sentences, "
+                  f"clipping at {cfg.get('clip')}")
+    return data, model_line
+
+
+def setup_lines(results: dict) -> list[str]:
+    r = next(iter(results.values()), None)
+    if r is None:
+        return ["No mode has finished yet."]
+    cfg, study = r.get("config") or {}, r["study"]
+    data, model = data_and_model_lines(r)
     return [
-        f"- Data: Multi30k task 1, German to English, the lowercased Moses-tokenised files (29,000 training pairs, "
-        f"`val` 1,014 for validation; pairs over {cfg.get('max_len')} pieces dropped from train, 5 of them), joint "
-        f"BPE with {study['bpe_merges']} merges learned on the training split only (subword-nmt): "
-        f"{model.get('src_vocab_size')} German and {model.get('tgt_vocab_size')} English types.",
-        f"- Model (`experiments/multi30k.yaml`, the same for every mode): {sizes}; dropout "
-        f"{model.get('dropout')}; Adam {cfg.get('lr')}, batches of {cfg.get('batch_size')} sentences, clipping at "
-        f"{cfg.get('clip')}, seed {cfg.get('seed')}, learning rate halved after a validation worse than the best "
+        data,
+        model + f", seed {cfg.get('seed')}, learning rate halved after a validation worse than the best "
         "so far (from epoch 2).",
         f"- Budget, equal for every mode: at most {study['max_epochs']} epochs "
         f"({study['max_epochs'] * 2 * study['segment_steps']} updates), "
@@ -490,18 +499,11 @@ def converged_setup_lines(groups: dict[str, list[dict]]) -> list[str]:
     r = next((g[0] for g in groups.values() if g), None)
     if r is None:
         return ["No mode has finished yet."]
-    cfg, model, study = r.get("config") or {}, r.get("model") or {}, r["study"]
-    sizes = ", ".join(f"{k} {model.get(k)}" for k in ("embed_dim", "encoder_hidden", "encoder_layers",
-                                                       "decoder_hidden", "attention_dim", "output_hidden",
-                                                       "inference_hidden") if k in model)
+    data, model = data_and_model_lines(r)
+    study = r["study"]
     return [
-        f"- Data: Multi30k task 1, German to English, the lowercased Moses-tokenised files (29,000 training pairs, "
-        f"`val` 1,014 for validation; pairs over {cfg.get('max_len')} pieces dropped from train, 5 of them), joint "
-        f"BPE with {study['bpe_merges']} merges learned on the training split only (subword-nmt): "
-        f"{model.get('src_vocab_size')} German and {model.get('tgt_vocab_size')} English types.",
-        f"- Model (`experiments/multi30k.yaml`, the same for every mode): {sizes}; dropout "
-        f"{model.get('dropout')}; Adam {cfg.get('lr')}, batches of {cfg.get('batch_size')} sentences, clipping at "
-        f"{cfg.get('clip')}.",
+        data,
+        model + ".",
         f"- Budget (the paper's recipe): every mode trains epoch by epoch until its validation metric (exp(-ELBO) "
         f"with an inference network, the exact perplexity otherwise) has not improved for {study['patience']} "
         f"epochs, with a cap of {study['max_epochs']} epochs; the learning rate is halved after an epoch whose "

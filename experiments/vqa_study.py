@@ -39,6 +39,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from multi30k import child_env, log  # noqa: E402  the NMT study's subprocess environment and log line
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "vqa"
 SEEDS = (1, 2, 3)
@@ -72,17 +75,7 @@ def job_name(mode: str, seed: int) -> str:
     return f"{mode}-s{seed}"
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 # -- processes -------------------------------------------------------------------------------------
-def child_env(threads: int) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "src") + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[key] = str(threads)
-    return env
 
 
 def run(cmd: list[str], threads: int) -> tuple[str, float, float]:
