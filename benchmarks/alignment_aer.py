@@ -8,7 +8,9 @@ p(z|x,y<t), the inference network q(z|x,y) (where the model has one) and the exa
 p(z|x,y<=t), with the validation perplexity and training time.
 
     python benchmarks/alignment_aer.py [--modes soft marginal var-enum var-sample] [--epochs 5]
-        [--out DIR] [--threads 1] [--seed 1]
+        [--out DIR] [--threads 1] [--seed 1] [--config toy] [--set KEY=VALUE ...]
+
+``--config transformer-small`` measures the Transformer (docs/transformer.md) on the same task.
 
 The synthetic words are whole words (piece style ``none``), so pieces are words.
 """
@@ -33,9 +35,10 @@ from varattn.nmt.train import train
 DEFAULT_MODES = ["soft", "marginal", "var-enum", "var-sample"]
 
 
-def measure(mode: str, out: Path, epochs: int | None, seed: int, threads: int) -> dict:
+def measure(mode: str, out: Path, epochs: int | None, seed: int, threads: int, config: str = "toy",
+            sets: list[str] | None = None) -> dict:
     overrides = {"mode": mode, "epochs": epochs, "seed": seed, "threads": threads}
-    cfg = load_config("toy", overrides, [])
+    cfg = load_config(config, overrides, sets or [])
     start = time.perf_counter()
     result = train(cfg, out / mode, progress=False, tensorboard=False)
     seconds = time.perf_counter() - start
@@ -59,14 +62,19 @@ def main() -> None:
     parser.add_argument("--out", help="directory for the runs (default: a temporary directory)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny models)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--config", default="toy", help="the shipped config (or YAML file) every mode trains with")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp)
-        rows = [measure(mode, out, args.epochs, args.seed, args.threads) for mode in args.modes]
-    cfg = load_config("toy", {"epochs": args.epochs}, [])
+        rows = [measure(mode, out, args.epochs, args.seed, args.threads, args.config, args.set)
+                for mode in args.modes]
+    cfg = load_config(args.config, {"epochs": args.epochs}, args.set)
     threads = f"{args.threads} thread{'s' if args.threads != 1 else ''}"
-    print(f"Synthetic task, valid split ({rows[0]['sentences']} pairs), toy config, {cfg.epochs} epochs, "
+    sets = f" ({', '.join(args.set)})" if args.set else ""
+    print(f"Synthetic task, valid split ({rows[0]['sentences']} pairs), {args.config} config{sets}, "
+          f"{cfg.epochs} epochs, "
           f"seed {args.seed}, {threads}; {datetime.date.today().isoformat()}. "
           "AER (lower is better) of argmax links, one per target word.")
     print()

@@ -6,9 +6,10 @@
     python experiments/multi30k.py --modes soft:2 var-enum                 # some runs, in this order
     python experiments/multi30k.py --study early                           # the 3-epoch budget of issue 14
 
-Two budgets (``STUDIES``): ``converged`` (the default: each mode epoch by epoch until its validation has
-not improved for two epochs, capped at 20; three seeds for ``soft``, ``var-sample`` and ``hard-sample``)
-and ``early`` (issue 14's equal 3 epochs, validated every half epoch).
+Three studies (``STUDIES``): ``converged`` (the default: each mode epoch by epoch until its validation has
+not improved for two epochs, capped at 20; three seeds for ``soft``, ``var-sample`` and ``hard-sample``),
+``early`` (issue 14's equal 3 epochs, validated every half epoch) and ``transformer`` (issue 21: the
+Transformer of ``experiments/multi30k-transformer.yaml`` in four modes, the converged rule capped at 10 epochs).
 
 What it does, per mode (in ``MODES`` order, cheap and informative modes first, ``var-relaxed`` last):
 
@@ -77,6 +78,10 @@ class Study:
     patience: int
     #: seeds per mode (modes not named: seed 1 only)
     seeds: dict
+    #: the shared training configuration every mode of this study trains with
+    config: Path = CONFIG
+    #: the modes this study trains, in order (default: all nine)
+    modes: tuple[str, ...] = tuple(MODES)
 
     def seeds_of(self, mode: str) -> list[int]:
         return list(self.seeds.get(mode, [1]))
@@ -93,6 +98,11 @@ STUDIES = {
                        {"soft": [1, 2, 3], "var-sample": [1, 2, 3], "hard-sample": [1, 2, 3]}),
     # issue 14's equal budget of 3 epochs (2,718 updates), validated every half epoch: early learning speed
     "early": Study("early", RESULTS, SEGMENT_STEPS, 3, 3, {}),
+    # issue 21: the Transformer with the latent alignment at its output, the same data, batches and stopping
+    # rule, capped at 10 epochs (docs/transformer.md): soft attention against the three modes the issue names
+    "transformer": Study("transformer", ROOT / "experiments" / "results" / "multi30k-transformer", None, 10, 2, {},
+                         ROOT / "experiments" / "multi30k-transformer.yaml",
+                         ("soft", "var-sample", "marginal", "var-enum")),
 }
 TOPK = 5
 BEAM = 5
@@ -229,7 +239,7 @@ def train_mode(mode: str, seed: int, data_dir: Path, work: Path, threads: int, s
 
                 shutil.rmtree(run_dir)
             run_dir.parent.mkdir(parents=True, exist_ok=True)
-            cmd = varattn("train", "--config", str(CONFIG), "--mode", mode, "--seed", str(seed), "--train",
+            cmd = varattn("train", "--config", str(study.config), "--mode", mode, "--seed", str(seed), "--train",
                           str(data_dir / "train"), "--valid", str(data_dir / "val"), "--src-lang", "de",
                           "--tgt-lang", "en", *target, "--threads", str(threads), "--out", str(run_dir),
                           "--no-progress", "--no-tensorboard")
@@ -429,6 +439,7 @@ def write_report(docs: Path = REPORT.parent, study: Study | None = None) -> Path
     """``docs/results.md`` and its figures (``docs/img``) from the committed results (``study``'s results
     directory in place of its default, for runs elsewhere)."""
     from report_multi30k import build_report  # experiments/report_multi30k.py
+    from report_transformer import transformer_section  # experiments/report_transformer.py
     from report_vqa import vqa_section  # experiments/report_vqa.py
 
     results = ROOT / "experiments" / "results"
@@ -443,6 +454,10 @@ def write_report(docs: Path = REPORT.parent, study: Study | None = None) -> Path
                         longer=load_results(results / "multi30k-5epochs"),
                         iwslt=load_results(results / "iwslt-valid"), arrival=arrival,
                         vqa=vqa_section(results / "vqa", docs / IMG.name, docs),
+                        transformer=transformer_section(
+                            dirs["transformer"], load_groups(dirs["converged"]), docs / IMG.name, docs,
+                            [json.loads(p.read_text(encoding="utf-8"))
+                             for p in sorted((dirs["transformer"] / "progress").glob("*.json"))]),
                         progress=[json.loads(p.read_text(encoding="utf-8"))
                                   for p in sorted((dirs["converged"] / "progress").glob("*.json"))])
     report.write_text(text, encoding="utf-8")
@@ -478,8 +493,8 @@ def parse_jobs(specs: list[str], study: Study) -> list[tuple[str, int]]:
     jobs = []
     for spec in specs:
         mode, _, seed = spec.partition(":")
-        if mode not in MODES:
-            raise SystemExit(f"unknown mode {mode!r} in --modes (choose from {', '.join(MODES)})")
+        if mode not in study.modes:
+            raise SystemExit(f"unknown mode {mode!r} in --modes (choose from {', '.join(study.modes)})")
         if seed and not seed.isdigit():
             raise SystemExit(f"bad seed in --modes {spec!r}: MODE or MODE:SEED, e.g. soft:2")
         jobs += [(mode, int(seed))] if seed else [(mode, s) for s in study.seeds_of(mode)]
@@ -488,8 +503,8 @@ def parse_jobs(specs: list[str], study: Study) -> list[tuple[str, int]]:
 
 def default_jobs(study: Study) -> list[tuple[str, int]]:
     """Every mode's first seed in ``MODES`` order, then the further seeds of the modes that have them."""
-    first = [(mode, study.seeds_of(mode)[0]) for mode in MODES]
-    rest = [(mode, seed) for k in range(1, 10) for mode in MODES if len(study.seeds_of(mode)) > k
+    first = [(mode, study.seeds_of(mode)[0]) for mode in study.modes]
+    rest = [(mode, seed) for k in range(1, 10) for mode in study.modes if len(study.seeds_of(mode)) > k
             for seed in [study.seeds_of(mode)[k]]]
     return first + rest
 

@@ -631,7 +631,7 @@ def plot_arrival(arrival: list[dict], path: Path) -> Path | None:
 def build_report(converged: dict[str, list[dict]], early: dict, modes: list[str], img_dir: Path, docs_dir: Path,
                  planned: dict[str, int] | None = None, longer: dict | None = None, iwslt: dict | None = None,
                  arrival: list[dict] | None = None, vqa: list[str] | None = None,
-                 progress: list[dict] | None = None) -> str:
+                 progress: list[dict] | None = None, transformer: list[str] | None = None) -> str:
     """docs/results.md: the converged study first, then what the early-learning budget showed, IWSLT, VQA."""
     curves = plot_converged_curves(converged, modes, img_dir / "multi30k_converged_curves.png", progress)
     here = Path(__file__).resolve().parent / "results"
@@ -685,6 +685,7 @@ def build_report(converged: dict[str, list[dict]], early: dict, modes: list[str]
         out += ["## The relaxed model: estimator spread and sampled prediction", "", *relaxed_section(relaxed), ""]
     out += early_section(early, modes, img_dir, docs_dir, longer or {})
     out += iwslt_section(iwslt or {})
+    out += transformer or []
     out += vqa or []
     out += ["## Alignments of real test pairs", "",
             "Prior `p(z | x, y<t)` (top) and posterior (bottom: the inference network `q(z | x, y)` where the mode "

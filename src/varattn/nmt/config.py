@@ -7,7 +7,7 @@ mode's objective, such as ``num_samples`` or ``temperature``, and per-mode secti
 ``varattn.objective_options``). Every key is typed and range-checked before anything is built or
 written. Shipped configs live in ``varattn/configs`` and can be named without a path: ``toy`` (the
 embedded default), ``small`` (a real corpus on two CPU cores) and ``iwslt14`` (the paper's sizes and
-recipe).
+recipe), ``transformer-small`` and ``transformer-iwslt14`` (the Transformer, ``model.type: transformer``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from varattn.errors import VarattnError
+from varattn.nmt.builder import type_of
 from varattn.nmt.model import ModelConfig
 from varattn.objective_options import objective_section
 from varattn.training.config import (
@@ -27,7 +28,6 @@ from varattn.training.config import (
     non_negative,
     one_of,
     positive,
-    probability_below_one,
     spec,
     without_data_sizes,
 )
@@ -37,13 +37,11 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 _FROM_DATA = ("src_vocab_size", "tgt_vocab_size")
 
 
-#: range checks of the ``model:`` section (every other size must be a positive integer)
-MODEL_RULES = {"dropout": probability_below_one, "init_range": positive}
-
-
-def model_section(d: dict | ModelConfig) -> ModelConfig:
-    """The checked ``model:`` section."""
-    return checked_model(ModelConfig, d, _FROM_DATA, MODEL_RULES)
+def model_section(d: Any):
+    """The checked ``model:`` section, of the architecture its ``type`` names (``lstm`` when absent):
+    ``ModelConfig``, ``TransformerConfig`` (``varattn.nmt.builder``)."""
+    spec = type_of(d)
+    return checked_model(spec.config, d, _FROM_DATA, spec.rules)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 
 from varattn.latent import AlignmentProblem, Objective
 from varattn.nmt.batching import Batch
-from varattn.nmt.model import LatentAlignmentNMT
+from varattn.nmt.builder import TranslationModel
 
 
 def predicted_tokens(problem: AlignmentProblem, objective: Objective) -> torch.Tensor:
@@ -37,7 +37,7 @@ def _safe_exp(x: float) -> float:
 
 @torch.no_grad()
 def evaluate(
-    model: LatentAlignmentNMT,
+    model: TranslationModel,
     objective: Objective,
     batches: Iterable[Batch],
     topk: int | None = None,
@@ -54,7 +54,7 @@ def evaluate(
 
 @torch.no_grad()
 def evaluation_sums(
-    model: LatentAlignmentNMT,
+    model: TranslationModel,
     objective: Objective,
     batches: Iterable[Batch],
     topk: int | None = None,
@@ -125,7 +125,7 @@ def evaluation_figures(sums: dict[str, float], objective: Objective, topk: int |
 
 
 @torch.no_grad()
-def sentence_scores(model: LatentAlignmentNMT, objective: Objective, batch: Batch) -> list[dict]:
+def sentence_scores(model: TranslationModel, objective: Objective, batch: Batch) -> list[dict]:
     """Per-sentence exact ``log p(y | x)``, the ELBO where defined, and token counts."""
     model.eval()
     scores = objective.score(model.problem(batch, objective.uses_posterior))

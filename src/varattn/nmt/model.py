@@ -35,6 +35,7 @@ NEG_INF = float("-inf")
 class ModelConfig:
     """Every size of the model. The defaults are the paper's IWSLT'14 sizes."""
 
+    type: str = "lstm"
     src_vocab_size: int = 0
     tgt_vocab_size: int = 0
     embed_dim: int = 512
@@ -206,6 +207,12 @@ class LatentAlignmentNMT(nn.Module):
         scores = kmax(scores, topk)
         context = torch.bmm(torch.softmax(scores, -1).unsqueeze(1), enc.memory).squeeze(1)  # (B, Dm)
         return query, scores, DecoderState(hidden, context)
+
+    def decode_step(self, prev: Tensor, state: DecoderState, enc: Encoded,
+                    topk: int | None = None) -> tuple[Tensor, Tensor, DecoderState]:
+        """``step`` on the previous tokens ``prev (B,)``: the decoder protocol beam search uses (the
+        Transformer's ``decode_step`` has the same signature)."""
+        return self.step(self.tgt_embed(prev), state, enc, topk)
 
     def decode(self, tgt_emb: Tensor, enc: Encoded, topk: int | None = None) -> tuple[Tensor, Tensor]:
         """Teacher-forced pass: ``tgt_emb (B, T, E)`` -> queries ``(B, T, Dd)``, prior scores ``(B, T, S)``.

@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 
 from varattn.errors import VarattnError
+from varattn.nmt.builder import model_config_from_dict
 from varattn.nmt.config import CONFIG_DIR, TrainConfig
-from varattn.nmt.model import ModelConfig
 from varattn.nmt.run import TrainedModel, open_trained, skipped_line
 from varattn.nmt.task import NMTTask
 from varattn.training.registry import EvaluationReport, TaskSpec, register_task
@@ -121,7 +121,7 @@ def summary(cfg: TrainConfig, result: dict, run_dir: Path) -> str:
 
 NMT = register_task(TaskSpec(
     name="nmt", title="translation", config=TrainConfig, task=NMTTask, open_run=open_trained,
-    model_config=ModelConfig.from_dict, evaluate=evaluate_run, evaluate_flags=evaluate_flags, train_flags=train_flags,
+    model_config=model_config_from_dict, evaluate=evaluate_run, evaluate_flags=evaluate_flags, train_flags=train_flags,
     fresh_config=fresh_config, config_dir=CONFIG_DIR, default_config="toy", run_name="{mode}", summary=summary,
     commands="varattn evaluate, translate, align or plot (continue it with varattn train --resume)",
 ))

@@ -26,10 +26,10 @@ import torch
 
 from varattn.errors import VarattnError
 from varattn.nmt.batching import collate, index_batches
+from varattn.nmt.builder import TranslationModel, build_model
 from varattn.nmt.config import TrainConfig
 from varattn.nmt.evaluate import evaluate as evaluate_batches
 from varattn.nmt.evaluate import sentence_scores
-from varattn.nmt.model import LatentAlignmentNMT
 from varattn.nmt.search import DecodingOptions, Translation, decode
 from varattn.nmt.text import Segmenter
 from varattn.nmt.vocab import Vocab
@@ -53,7 +53,7 @@ class TrainedModel(TrainedRun):
     """
 
     config: TrainConfig
-    model: LatentAlignmentNMT
+    model: TranslationModel
     src_vocab: Vocab
     tgt_vocab: Vocab
     src_seg: Segmenter
@@ -216,8 +216,7 @@ def open_trained(parts: RunParts) -> TrainedModel:
     seg = parse_section(run_dir, "segmentation", lambda: info["segmentation"])
     segmenters = [parse_section(run_dir, "segmentation", lambda s=s: Segmenter.from_json(seg[s], run_dir))
                   for s in ("src", "tgt")]
-    model = LatentAlignmentNMT(model_cfg, with_inference=parts.objective.uses_posterior,
-                               with_precision=parts.objective.needs_precision)
+    model = build_model(model_cfg, parts.objective)
     return TrainedModel(run_dir=run_dir, config=parts.config, model=model, objective=parts.objective,
                         meta=parts.load_weights(model), src_vocab=vocabs[0], tgt_vocab=vocabs[1],
                         src_seg=segmenters[0], tgt_seg=segmenters[1])

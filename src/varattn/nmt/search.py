@@ -1,4 +1,7 @@
-"""Greedy and beam search over a ``LatentAlignmentNMT`` (notes A "Predictive inference", B "Decoding").
+"""Greedy and beam search over a ``TranslationModel`` (notes A "Predictive inference", B "Decoding").
+
+The search talks to the model through its decoder protocol (``varattn.nmt.builder.TranslationModel``:
+``encode``, ``initial_state``, ``decode_step``), the same for the LSTM and the incremental Transformer.
 
 What a hypothesis is scored with
 --------------------------------
@@ -62,7 +65,7 @@ from torch import Tensor
 from varattn.errors import VarattnError
 from varattn.latent import ContextPredictor, Objective
 from varattn.nmt.batching import pad_ids
-from varattn.nmt.model import Encoded, LatentAlignmentNMT
+from varattn.nmt.builder import EncodedSource, TranslationModel
 from varattn.nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = [
@@ -247,7 +250,7 @@ class StepPredictor(ContextPredictor):
         return out
 
 
-def next_log_probs(model: LatentAlignmentNMT, query: Tensor, scores: Tensor, enc: Encoded, objective: Objective,
+def next_log_probs(model: TranslationModel, query: Tensor, scores: Tensor, enc: EncodedSource, objective: Objective,
                    context_pre: Tensor | None = None, samples: int | None = None) -> Tensor:
     """``(N, V)`` ``log p(y_t = w | x, y_<t)`` of every word at one step: ``objective.predict_log_probs`` on the
     step's ``StepPredictor``.
@@ -260,7 +263,7 @@ def next_log_probs(model: LatentAlignmentNMT, query: Tensor, scores: Tensor, enc
     return objective.predict_log_probs(predictor, scores, precision, samples)
 
 
-def _context_pre(model: LatentAlignmentNMT, enc: Encoded, objective: Objective) -> Tensor | None:
+def _context_pre(model: TranslationModel, enc: EncodedSource, objective: Objective) -> Tensor | None:
     return model.head.context_part(enc.memory) if objective.predicts_mixture else None
 
 
@@ -269,7 +272,7 @@ def _step_log_probs(model, prev, state, enc, topk, objective, context_pre, sampl
 
     With ``samples`` (``DecodingOptions.sample_alignments``) the next word is predicted from sampled alignments.
     """
-    query, scores, state = model.step(model.tgt_embed(prev), state, enc, topk)
+    query, scores, state = model.decode_step(prev, state, enc, topk)
     logp = next_log_probs(model, query, scores, enc, objective, context_pre, samples)
     logp[:, PAD_ID] = NEG_INF
     logp[:, BOS_ID] = NEG_INF
@@ -291,7 +294,7 @@ def _search_scores(logp: Tensor, t: int, src_len: Tensor, max_len: Tensor, eos_n
     return search
 
 
-def _prepare(model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, options: DecodingOptions):
+def _prepare(model: TranslationModel, src: Tensor, src_lengths: Tensor, options: DecodingOptions):
     """Checked inputs on the model's device, the source lengths as a list and each output's length limit.
 
     None for an empty batch.
@@ -310,7 +313,7 @@ def _prepare(model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, option
 
 @torch.no_grad()
 def greedy_search(
-    model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, objective: Objective,
+    model: TranslationModel, src: Tensor, src_lengths: Tensor, objective: Objective,
     options: DecodingOptions | None = None,
 ) -> list[Hypothesis]:
     """The most probable next token at every step, for a batch ``src (B, S)`` (no BOS/EOS).
@@ -367,7 +370,7 @@ def greedy_search(
 
 @torch.no_grad()
 def beam_search(
-    model: LatentAlignmentNMT, src: Tensor, src_lengths: Tensor, objective: Objective,
+    model: TranslationModel, src: Tensor, src_lengths: Tensor, objective: Objective,
     options: DecodingOptions | None = None, n_best: int = 1,
 ) -> list[list[Hypothesis]]:
     """Batched beam search (rules in the module docstring) for ``src (B, S)`` (no BOS/EOS).
@@ -469,7 +472,7 @@ def pad_batch(src_ids: list[list[int]], device: torch.device | str = "cpu") -> t
     return src.to(device), lengths.to(device)
 
 
-def decode(model: LatentAlignmentNMT, src_ids: list[list[int]], objective: Objective,
+def decode(model: TranslationModel, src_ids: list[list[int]], objective: Objective,
            options: DecodingOptions | None = None) -> list[Hypothesis]:
     """The best hypothesis for each (non-empty) id list: greedy search for ``beam=1``, else beam search."""
     options = options or DecodingOptions()

@@ -16,10 +16,10 @@ from varattn.data.corpus import read_lines, resolve_pair
 from varattn.errors import VarattnError
 from varattn.latent import make_objective
 from varattn.nmt.batching import Batch
+from varattn.nmt.builder import build_model
 from varattn.nmt.config import TrainConfig
 from varattn.nmt.data import EncodedPairs, RunData, encode_pairs, load_run_data, prepare_run_data
 from varattn.nmt.evaluate import evaluation_figures, evaluation_sums
-from varattn.nmt.model import LatentAlignmentNMT
 from varattn.training.task import BatchLoss, Heatmap, Task, Validation
 
 log = logging.getLogger("varattn")
@@ -102,8 +102,7 @@ class NMTTask(Task):
 
     # -- model and training -----------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        return LatentAlignmentNMT(self.model_cfg, with_inference=self.objective.uses_posterior,
-                                  with_precision=self.objective.needs_precision)
+        return build_model(self.model_cfg, self.objective)
 
     def train_batches(self, epoch: int) -> Sequence[Batch]:
         cfg = self.cfg

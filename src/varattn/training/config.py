@@ -74,6 +74,10 @@ class TrainingConfig:
     max_steps: int | None = spec(None, rule=non_negative)
     #: stop (and validate) after this much wall-clock time
     max_minutes: float | None = spec(None, rule=positive)
+    #: epoch-halving (the paper's rule below) or inverse-sqrt (linear warm-up over ``warmup_steps`` updates,
+    #: then the inverse square root of the step: the Transformer recipe); see varattn.training.optim
+    lr_schedule: str = spec("epoch-halving", rule=one_of("epoch-halving", "inverse-sqrt"))
+    warmup_steps: int = spec(4000, rule=positive)
     lr_decay: float = spec(0.5, rule=positive)
     #: halve the learning rate when an epoch's validation is worse than the best of the earlier epochs',
     #: from this epoch on (counted from 1; mid-epoch validations never change the learning rate)

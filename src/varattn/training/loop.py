@@ -36,7 +36,7 @@ from varattn.training import distributed, rundir
 from varattn.training.config import TrainingConfig
 from varattn.training.distributed import World
 from varattn.training.metrics import METRICS_FILE, MetricsLog, cut_metrics
-from varattn.training.optim import make_optimizer, next_lr, set_lr
+from varattn.training.optim import inverse_sqrt_lr, make_optimizer, next_lr, set_lr
 from varattn.training.run_info import RUN_FILE, read_run_info
 from varattn.training.rundir_lock import RunDirLock
 from varattn.training.state import RESUME_DIR, TrainerState, read_resume, rng_state, save_resume, set_rng_state
@@ -150,6 +150,8 @@ class Trainer:
                     f"learning rate or check the data")
             return None
         st.consecutive_bad = 0
+        if self.cfg.lr_schedule == "inverse-sqrt":
+            set_lr(self.optimizer, self.current_lr(st.step + 1))
         self.optimizer.step()
         return figures
 
@@ -288,7 +290,8 @@ class Trainer:
         rec = {"split": "train", "step": st.step, "epoch": st.epoch + 1, "loss": nll / n,
                "ppl": math.exp(min(nll / n, 700))}
         rec.update({k: v / n for k, v in window.items() if k not in ("nll", unit)})
-        rec.update({self._speed_key: self._timer_count / elapsed, "lr": st.lr, "skipped_steps": st.bad_steps})
+        rec.update({self._speed_key: self._timer_count / elapsed, "lr": self.current_lr(st.step),
+                    "skipped_steps": st.bad_steps})
         self.metrics.write(rec)
         st.window = dict.fromkeys(window, 0.0)
         self._timer_start, self._timer_count = time.perf_counter(), 0
@@ -314,7 +317,8 @@ class Trainer:
         improved = result.metric < st.best_metric
         if epoch_end:
             self._schedule(result.metric)
-        record = {"split": "valid", "step": st.step, "epoch": st.epoch + 1, "epoch_end": epoch_end, "lr": st.lr,
+        record = {"split": "valid", "step": st.step, "epoch": st.epoch + 1, "epoch_end": epoch_end,
+                  "lr": self.current_lr(st.step),
                   "metric": result.metric, **result.figures}
         self.metrics.write(record)
         self.metrics.heatmaps(heatmaps, st.step)
@@ -327,9 +331,19 @@ class Trainer:
         self.save_resume()
         return record
 
+    def current_lr(self, step: int) -> float:
+        """The learning rate of update ``step``: the epoch-level rate, or the inverse-sqrt schedule's."""
+        if self.cfg.lr_schedule == "inverse-sqrt":
+            return inverse_sqrt_lr(self.state.lr, step, self.cfg.warmup_steps)
+        return self.state.lr
+
     def _schedule(self, metric: float) -> None:
-        """The paper's learning-rate rule after ``state.epoch`` completed epochs (see ``next_lr``)."""
+        """The paper's learning-rate rule after ``state.epoch`` completed epochs (see ``next_lr``); with the
+        inverse-sqrt schedule only the best epoch-level metric is kept."""
         st, cfg = self.state, self.cfg
+        if cfg.lr_schedule != "epoch-halving":
+            st.epoch_best_metric = min(st.epoch_best_metric, metric)
+            return
         st.lr = next_lr(st.lr, metric, st.epoch_best_metric, st.epoch, cfg.lr_decay, cfg.decay_start_epoch)
         set_lr(self.optimizer, st.lr)
         st.epoch_best_metric = min(st.epoch_best_metric, metric)

@@ -1,4 +1,9 @@
-"""The paper's optimiser and learning-rate schedule."""
+"""The paper's optimiser and the learning-rate schedules.
+
+``epoch-halving`` (the default, the paper's LSTM recipe): :func:`next_lr` after each completed epoch.
+``inverse-sqrt`` (the Transformer recipe of Vaswani et al. and fairseq): :func:`inverse_sqrt_lr` before each
+update, a linear warm-up to ``lr`` over ``warmup_steps`` updates, then ``lr * sqrt(warmup_steps / step)``.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +37,13 @@ def next_lr(lr: float, metric: float, best: float, epoch: int, decay: float, dec
     if metric < best or epoch < decay_start_epoch or not math.isfinite(best):
         return lr
     return lr * decay
+
+
+def inverse_sqrt_lr(lr: float, step: int, warmup_steps: int) -> float:
+    """The learning rate of update ``step`` (counted from 1): ``lr * min(step / warmup, sqrt(warmup / step))``,
+    which peaks at ``lr`` at ``step == warmup_steps``."""
+    step = max(step, 1)
+    return lr * min(step / warmup_steps, math.sqrt(warmup_steps / step))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
