@@ -1,7 +1,15 @@
 """Our soft attention against OpenNMT-py 3.5.1's, same sizes, same data, same machine, side by side.
 
-    python benchmarks/opennmt_compare.py [--venv /tmp/onmt-venv] [--steps-64 40] [--steps-6 150]
-                                         [--decode-sentences 96] [--decode-len 25] [--json] [--markdown PATH]
+    python benchmarks/opennmt_compare.py [--arch lstm|transformer] [--venv /tmp/onmt-venv] [--steps-64 40]
+                                         [--steps-6 150] [--decode-sentences 96] [--decode-len 25] [--json]
+                                         [--markdown PATH]
+
+``--arch transformer`` compares the Transformers instead (issue 21): ours is the ``transformer-iwslt14``
+config in soft mode (6 + 6 pre-LN layers, 512 wide, 4 heads, feed-forward 1024, tied target embeddings,
+dropout 0.3, attention dropout 0.1, the latent-alignment head read softly), OpenNMT-py's the same sizes
+(``encoder_type``/``decoder_type: transformer``, sinusoidal positions, ``share_decoder_embeddings``, pre-LN
+layers as in its 3.x default); both with Adam and an inverse-square-root warm-up. Ours has one more
+single-head attention (the latent prior) and the paper's ``tanh`` output layer before the softmax.
 
 OpenNMT-py is installed into its own virtual environment outside the repository (``--venv``,
 created with ``--system-site-packages`` so that the installed torch is reused). Its wheel pins an
@@ -48,8 +56,40 @@ ONMT_VERSION = "3.5.1"
 #: what OpenNMT-py's train/translate/build_vocab import, installed by hand (its wheel pins torch < 2.3)
 ONMT_REQUIREMENTS = ["configargparse", "pyonmttok", "spacy", "rapidfuzz", "pyahocorasick", "waitress",
                      "fasttext-wheel"]
-#: our iwslt14 config changed to OpenNMT-py's sizes
-OUR_SETS = ["model.decoder_hidden=1024", "model.attention_dim=1024", "model.output_hidden=1024"]
+#: per architecture: our shipped config and the changes that give OpenNMT-py's sizes, and OpenNMT-py's model block
+ARCHS = {
+    "lstm": ("iwslt14", ["model.decoder_hidden=1024", "model.attention_dim=1024", "model.output_hidden=1024"], """\
+encoder_type: brnn
+decoder_type: rnn
+rnn_type: LSTM
+layers: 2
+hidden_size: 1024
+word_vec_size: 512
+global_attention: mlp
+input_feed: 1
+dropout: 0.3
+param_init: 0.1
+learning_rate: 0.0003
+"""),
+    "transformer": ("transformer-iwslt14", [], """\
+encoder_type: transformer
+decoder_type: transformer
+position_encoding: true
+layers: 6
+hidden_size: 512
+word_vec_size: 512
+transformer_ff: 1024
+heads: 4
+dropout: 0.3
+attention_dropout: 0.1
+share_decoder_embeddings: true
+param_init: 0.0
+param_init_glorot: true
+decay_method: noam
+warmup_steps: 4000
+learning_rate: 2.0
+"""),
+}
 
 
 def install(venv: Path) -> str | None:
@@ -76,7 +116,8 @@ def install(venv: Path) -> str | None:
     return None
 
 
-def onmt_config(work: Path, data: Path, batch: int, steps: int, report_every: int, max_len: int) -> Path:
+def onmt_config(work: Path, data: Path, batch: int, steps: int, report_every: int, max_len: int,
+                arch: str = "lstm") -> Path:
     config = f"""# written by benchmarks/opennmt_compare.py
 save_data: {work}/run
 src_vocab: {work}/vocab.src
@@ -104,21 +145,10 @@ num_workers: 0
 world_size: 1
 gpu_ranks: []
 model_type: text
-encoder_type: brnn
-decoder_type: rnn
-rnn_type: LSTM
-layers: 2
-hidden_size: 1024
-word_vec_size: 512
-global_attention: mlp
-input_feed: 1
-dropout: 0.3
-param_init: 0.1
-batch_type: sents
+{ARCHS[arch][2]}batch_type: sents
 batch_size: {batch}
 normalization: sents
 optim: adam
-learning_rate: 0.0003
 adam_beta1: 0.9
 adam_beta2: 0.999
 max_grad_norm: 5
@@ -133,8 +163,8 @@ def onmt_bin(venv: Path, name: str) -> list[str]:
 
 
 def run_onmt_train(venv: Path, work: Path, data: Path, batch: int, steps: int, report_every: int, max_len: int,
-                   env: dict) -> dict:
-    config = onmt_config(work, data, batch, steps, report_every, max_len)
+                   env: dict, arch: str = "lstm") -> dict:
+    config = onmt_config(work, data, batch, steps, report_every, max_len, arch)
     if not (work / "vocab.src").exists():
         r = subprocess.run(onmt_bin(venv, "build_vocab") + ["-config", str(config), "-n_sample", "-1"],
                            capture_output=True, text=True, env=env)
@@ -183,19 +213,21 @@ def run_onmt_translate(venv: Path, work: Path, checkpoint: str, src: Path, lengt
     }
 
 
-def run_ours(data: Path, batch_size: int, steps: int, report_every: int, threads: int) -> tuple[dict, object]:
+def run_ours(data: Path, batch_size: int, steps: int, report_every: int, threads: int,
+             arch: str = "lstm") -> tuple[dict, object]:
     import torch
 
     from varattn.data.corpus import read_parallel
     from varattn.latent import make_objective
     from varattn.nmt.batching import bucket_batches, collate
+    from varattn.nmt.builder import build_model
     from varattn.nmt.config import load_config
-    from varattn.nmt.model import LatentAlignmentNMT
     from varattn.nmt.vocab import Vocab
     from varattn.training import Trainer
 
     torch.set_num_threads(threads)
-    cfg = load_config("iwslt14", {"mode": "soft", "batch_size": batch_size}, OUR_SETS)
+    config, sets, _ = ARCHS[arch]
+    cfg = load_config(config, {"mode": "soft", "batch_size": batch_size}, sets)
     corpus = read_parallel(data / "valid.de.bpe", data / "valid.en.bpe", max_len=cfg.max_len)
     src_vocab, tgt_vocab = Vocab.build(corpus.src), Vocab.build(corpus.tgt)
     src = [src_vocab.encode(s) for s in corpus.src]
@@ -203,7 +235,7 @@ def run_ours(data: Path, batch_size: int, steps: int, report_every: int, threads
     order = bucket_batches(src, tgt, batch_size, shuffle=True, seed=1)
     torch.manual_seed(cfg.seed)
     objective = make_objective("soft")
-    model = LatentAlignmentNMT(cfg.model_config(len(src_vocab), len(tgt_vocab)), with_inference=False)
+    model = build_model(cfg.model_config(len(src_vocab), len(tgt_vocab)), objective)
     trainer = speed.trainer_stand_in(cfg, model, objective, torch.device("cpu"))
     model.train()
     windows, tokens, start = [], 0, time.perf_counter()
@@ -251,7 +283,9 @@ def markdown(report: dict) -> str:
     ]
     if report.get("onmt_error"):
         lines += [f"OpenNMT-py could not be run here: {report['onmt_error']}", ""]
-    lines += ["| measure | OpenNMT-py | varattn soft | ratio |", "|---|---:|---:|---:|"]
+    arch = report.get("arch", "lstm")
+    lines += [f"| measure ({'Transformer' if arch == 'transformer' else 'LSTM'}) | OpenNMT-py | varattn soft | ratio |",
+              "|---|---:|---:|---:|"]
     for batch in report["batches"]:
         o = report["onmt"].get(f"train_b{batch}", {}).get("tokens_per_s")
         v = report["ours"][f"train_b{batch}"]["tokens_per_s"]
@@ -269,6 +303,8 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="lstm",
+                        help="compare the LSTMs (default, the paper's model) or the Transformers")
     parser.add_argument("--venv", default="/tmp/onmt-venv",
                         help="virtual environment for OpenNMT-py (outside the repository)")
     parser.add_argument("--workdir", default="/tmp/onmt-bench", help="where OpenNMT-py's files go")
@@ -291,14 +327,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     threads = args.threads or os.cpu_count() or 1
     data = speed.data_dir(args.data)
-    work = Path(args.workdir)
+    work = Path(args.workdir) / args.arch
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     batches = [int(b) for b in args.batches.split(",")]
     steps = {b: args.steps_64 if b == 64 else args.steps_6 for b in batches}
     every = {b: args.report_every or max(1, steps[b] // 5) for b in batches}
     report = {"machine": speed.machine(threads), "batches": batches, "decode_len": args.decode_len, "onmt": {},
-              "ours": {}, "our_sets": OUR_SETS}
+              "ours": {}, "arch": args.arch, "our_config": ARCHS[args.arch][0], "our_sets": ARCHS[args.arch][1]}
     error = None if args.skip_onmt else install(Path(args.venv))
     if args.skip_onmt:
         error = "skipped (--skip-onmt)"
@@ -306,11 +342,11 @@ def main(argv: list[str] | None = None) -> None:
         if error is None:
             try:
                 report["onmt"][f"train_b{b}"] = run_onmt_train(Path(args.venv), work, data, b, steps[b], every[b], 125,
-                                                                env)
+                                                                env, args.arch)
             except RuntimeError as exc:
                 error = str(exc)
         print(f"OpenNMT-py batch {b}: {report['onmt'].get(f'train_b{b}', {}).get('tokens_per_s')}", file=sys.stderr)
-        ours, (model, src_vocab) = run_ours(data, b, steps[b], every[b], threads)
+        ours, (model, src_vocab) = run_ours(data, b, steps[b], every[b], threads, args.arch)
         report["ours"][f"train_b{b}"] = ours
         report["ours"]["params_m"] = ours["params_m"]
         print(f"varattn batch {b}: {ours['tokens_per_s']:.0f}", file=sys.stderr)
@@ -329,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     report["onmt_error"] = error
     table = markdown(report)
     if args.markdown not in (None, "-"):
-        speed.write_markdown(Path(args.markdown), table, "opennmt_compare.py")
+        marker = "opennmt_compare.py" if args.arch == "lstm" else f"opennmt_compare.py --arch {args.arch}"
+        speed.write_markdown(Path(args.markdown), table, marker)
     print(json.dumps(report, indent=1) if args.json else table)
 
 
