@@ -112,8 +112,7 @@ def main() -> None:
     print()
     print(f"model: {trained.mode}, {run_dir}, step {trained.meta.get('step', '?')}"
           + (f" (trained here in {train_s:.0f} s)" if train_s is not None else "")
-          + f"; vocabularies {cfg.src_vocab_size} / {cfg.tgt_vocab_size}, embed {cfg.embed_dim}, "
-          f"encoder {cfg.encoder_hidden}x2, decoder {cfg.decoder_hidden}, output {cfg.output_hidden}")
+          + f"; {cfg.type}: " + ", ".join(f"{k} {v}" for k, v in cfg.to_dict().items() if k != "type"))
     print(f"input: first {len(src)} lines of {test_src.name} ({src_tokens} source tokens), batch {args.batch_size}, "
           f"length penalty alpha {args.alpha}, eos_norm {args.eos_norm}, max length 2*src+10")
     print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
