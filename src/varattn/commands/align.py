@@ -34,6 +34,7 @@ from varattn.commands.common import (
 )
 from varattn.errors import VarattnError
 
+
 def _resolve_files(args, trained) -> tuple[str, str]:
     from varattn.data.corpus import resolve_pair
 

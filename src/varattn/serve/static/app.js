@@ -121,7 +121,8 @@ async function translate() {
   button.disabled = true;
   status("translating…");
   try {
-    const search = { beam: Number($("nmt-beam").value) || 5, ...linkOptions() };
+    const search = { beam: Number($("nmt-beam").value) || 5, eos_norm: Number($("nmt-eos-norm").value) || 0,
+                     ...linkOptions() };
     if ($("nmt-topk").value) search.topk = Number($("nmt-topk").value);
     state.nmt = await Promise.all(selectedRuns("nmt").map(async (run) => {
       const out = await call("/api/translate", { run, src, ...search });
