@@ -363,3 +363,22 @@ def test_serve_command_binds_loopback_and_warns_for_other_hosts(nmt_runs, monkey
     assert err.startswith("error: ") and "Traceback" not in err
     assert main(["serve", str(nmt_runs["soft"]), "--max-tokens", "0"]) == 2
     assert "--max-tokens" in capsys.readouterr().err
+
+
+def test_the_load_test_runs_end_to_end(nmt_runs):
+    """``benchmarks/serve_load.py`` starts a real server, sends its requests and reports (a few requests here)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "serve_load.py"
+    src = str(Path(varattn.__file__).resolve().parents[1])  # the server runs the varattn these tests import
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run([sys.executable, str(script), str(nmt_runs["soft"]), "--requests", "6", "--clients", "3",
+                           "--beam", "2", "--json"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] == 6 and report["failed"] == {}
+    assert set(report["latency_ms"]) == {"translate", "align"}
+    assert report["latency_ms"]["align"]["p50"] > 0

@@ -4,7 +4,9 @@ It loads the page, translates a sentence with a reference beside a second run, h
 checks the number shown is ``varattn align``'s for the same pair, moves to thresholded links, and asks a VQA
 question about an uploaded image. It needs the ``serve`` and ``test`` extras and the system's ``chromium``
 and ``chromedriver`` (Debian: ``apt-get install chromium chromium-driver``; nothing is downloaded), and skips
-saying which is missing. ``VARATTN_SCREENSHOTS=DIR`` saves a screenshot of each view there.
+saying which is missing. ``VARATTN_SCREENSHOTS=DIR`` saves a screenshot of each view there, and
+``VARATTN_SCREENSHOT_RUN=RUN`` shows that translation run (a trained one draws a better picture) in place of the
+tiny ``var-enum`` run.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def runs(tiny_run, tmp_path_factory):
-    out = {"var-enum": tiny_run("var-enum", 3), "soft": tiny_run("soft", 3)}
+    out = {"var-enum": Path(os.environ.get("VARATTN_SCREENSHOT_RUN") or tiny_run("var-enum", 3)),
+           "soft": tiny_run("soft", 3)}
     try:
         need("easy_vqa", "vqa")
     except pytest.skip.Exception:
@@ -103,6 +106,7 @@ def _shot(driver, name: str) -> None:
     folder = os.environ.get("VARATTN_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
+        driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(Path(folder) / name))
 
 
