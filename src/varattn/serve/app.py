@@ -26,11 +26,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -107,6 +106,24 @@ class Explorer:
                 return fn(*args)
 
         return await self.gate.run(locked)
+
+
+class AllowedHosts:
+    """ASGI middleware: a request whose ``Host`` header (without its port) is not one of ``hosts`` gets a JSON 400."""
+
+    def __init__(self, app, hosts: list[str]):
+        self.app = app
+        self.hosts = {h.lower() for h in hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            host = Headers(scope=scope).get("host", "").lower()
+            name = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else host.split(":")[0]
+            if name not in self.hosts:
+                await _error(f"this server answers requests for {', '.join(sorted(self.hosts))} only", 400)(
+                    scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _error(message: str, status: int) -> JSONResponse:
@@ -323,7 +340,7 @@ def create_app(runs: list[explore.ServedRun], limits: Limits | None = None,
         Route("/api/answer", answer, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
+    middleware = [Middleware(AllowedHosts, hosts=allowed_hosts)] if allowed_hosts else []
     app = Starlette(routes=routes, middleware=middleware, exception_handlers={HTTPException: _http_error})
     app.state.explorer = Explorer(runs, limits or Limits())
     return app
