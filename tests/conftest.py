@@ -31,6 +31,11 @@ SMALL = [
     "valid_batch_size=5", "threads=1",
 ]
 
+#: The smallest easy-VQA model on 160 training questions (needs the vqa extra): for tests that need *a* VQA run.
+VQA_TINY = ["data.limit_train=160", "data.valid_images=4", "data.limit_test=30", "model.cnn_channels=[4, 4, 8]",
+            "model.embed_dim=8", "model.question_hidden=8", "model.attention_dim=8", "model.output_hidden=16",
+            "model.answer_embed_dim=4", "model.inference_hidden=8", "objective={}"]
+
 
 def set_flags(settings: Iterable[str]) -> list[str]:
     """``--set=KEY=VALUE`` command-line flags for a list of settings."""

@@ -18,7 +18,8 @@ from varattn.cli import COMMAND_MODULES, build_parser, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SUBCOMMANDS = {"train", "evaluate", "translate", "bleu", "align", "plot", "plot-metrics", "toy-data", "prepare", "vqa"}
+SUBCOMMANDS = {"train", "evaluate", "translate", "bleu", "align", "plot", "plot-metrics", "toy-data", "prepare", "vqa",
+               "serve"}
 
 
 def _env() -> dict[str, str]:

@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "varattn.commands.toy_data",
     "varattn.commands.prepare",
     "varattn.commands.vqa",
+    "varattn.commands.serve",
 ]
 
 

@@ -1,7 +1,7 @@
 """Optional dependencies (pip extras), imported only when a feature needs them.
 
-TensorBoard, matplotlib and the easy-VQA packages are extras of the package
-(``pip install 'varattn[tensorboard]'``, ``[plot]``, ``[vqa]`` or ``[all]``), so nothing imports
+TensorBoard, matplotlib, the easy-VQA packages and the web server of ``varattn serve`` are extras of the package
+(``pip install 'varattn[tensorboard]'``, ``[plot]``, ``[vqa]``, ``[serve]`` or ``[all]``), so nothing imports
 them at module level.  :func:`optional_import` imports one when it is needed and, when it is not
 installed, raises a one-line :class:`VarattnError` naming the extra to install.
 """
@@ -20,6 +20,7 @@ EXTRAS = {
     "tensorboard": ("tensorboard",),
     "plot": ("matplotlib",),
     "vqa": ("easy-vqa", "pillow", "h5py"),
+    "serve": ("starlette", "uvicorn", "python-multipart", "pillow"),
 }
 
 

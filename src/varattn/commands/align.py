@@ -34,12 +34,6 @@ from varattn.commands.common import (
 )
 from varattn.errors import VarattnError
 
-JSON_DECIMALS = 5
-
-
-def _rows(matrix) -> list[list[float]]:
-    return [[round(float(v), JSON_DECIMALS) for v in row] for row in matrix.tolist()]
-
 
 def _resolve_files(args, trained) -> tuple[str, str]:
     from varattn.data.corpus import resolve_pair
@@ -108,6 +102,7 @@ def _write_alignments(args, trained, src, tgt, src_name: str, tgt_name: str,
     """Align in batches, writing and flushing each batch's lines; returns the links and the word counts of
     every pair if ``keep``."""
     from varattn.align import format_pharaoh
+    from varattn.nmt.posterior import matrix_rows
 
     hyps: list[set[Link]] = []
     sizes: list[tuple[int, int]] = []
@@ -134,7 +129,7 @@ def _write_alignments(args, trained, src, tgt, src_name: str, tgt_name: str,
                         "tgt_words": res["tgt_words"],
                         "src_tokens": res["src_pieces"],
                         "tgt_tokens": res["tgt_pieces"],
-                        "matrix": _rows(res["matrix"]),
+                        "matrix": matrix_rows(res["matrix"]),
                         "src_unknown": src_unknown,
                         "tgt_unknown": tgt_unknown,
                     }

@@ -9,12 +9,6 @@ from pathlib import Path
 from varattn.commands.common import UnknownTokens, add_run_arguments, open_run
 from varattn.errors import VarattnError
 
-PANEL_NAMES = {
-    "prior": "prior p(z | x, y<t)",
-    "posterior": "posterior q(z | x, y)",
-    "exact": "exact posterior p(z | x, y<=t)",
-}
-
 
 def register(sub) -> None:
     p = sub.add_parser("plot", help="heatmaps of the prior, posterior and exact posterior for one sentence pair")
@@ -27,7 +21,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from varattn.nmt.posterior import alignment_matrices, has_posterior
+    from varattn.nmt.posterior import METHOD_TITLES, alignment_matrices, has_posterior
     from varattn.plot import plot_alignments
 
     trained = open_run(args)
@@ -42,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
     methods = ["prior", "posterior", "exact"] if has_posterior(trained) else ["prior", "exact"]
     mats = alignment_matrices(trained, [args.src], [args.tgt], methods)[0]
     title = args.title if args.title is not None else f"{trained.mode} ({Path(args.run_dir).name})"
-    out = plot_alignments({PANEL_NAMES[m]: mats[m] for m in methods}, src_tokens, tgt_tokens, args.output, title)
+    out = plot_alignments({METHOD_TITLES[m]: mats[m] for m in methods}, src_tokens, tgt_tokens, args.output, title)
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -46,6 +46,14 @@ from varattn.latent import masked_log_softmax, mode_names, objective_class
 from varattn.nmt.batching import collate, index_batches
 
 METHODS = ("prior", "posterior", "exact")
+#: how pictures and pages name the methods
+METHOD_TITLES = {
+    "prior": "prior p(z | x, y<t)",
+    "posterior": "posterior q(z | x, y)",
+    "exact": "exact posterior p(z | x, y<=t)",
+}
+#: decimals of the probabilities written as JSON
+JSON_DECIMALS = 5
 
 
 def modes_with_posterior() -> list[str]:
@@ -183,45 +191,74 @@ def check_threshold(threshold: float | None) -> None:
         raise VarattnError(f"the link threshold must be a probability in [0, 1), got {threshold!r}")
 
 
-def word_alignments(trained, src_lines: Sequence[str], tgt_lines: Sequence[str], method: str = "exact",
-                    threshold: float | None = None, batch_size: int = 32) -> list[dict]:
-    """Piece-level matrices and word-level links for each pair (``TrainedModel.align`` calls this).
+def matrix_rows(matrix: Tensor, decimals: int = JSON_DECIMALS) -> list[list[float]]:
+    """A ``(T, S)`` matrix as nested lists of floats rounded to ``decimals`` places (what ``varattn align
+    --json`` and ``varattn serve`` write)."""
+    return [[round(float(v), decimals) for v in row] for row in matrix.tolist()]
 
-    Links are extracted from the piece-level matrix of ``method``: with ``threshold=None``
-    each target piece links to its most probable source piece (argmax, ties to the lowest
-    index); otherwise every ``(i, t)`` with probability strictly above ``threshold`` is a link
-    (a piece may get several links or none). Piece links become word links with the run's
-    piece styles (``trained.src_seg.piece_style`` / ``trained.tgt_seg.piece_style``): a word pair
-    is linked if any of their pieces are.
 
-    Returns one dict per pair with ``matrix`` (tensor ``(T, S)``, target pieces by source
-    pieces), ``links`` (set of 0-based ``(src_word, tgt_word)``), ``piece_links`` (set of
-    ``(src_piece, tgt_piece)``), ``src_words``, ``tgt_words``, ``src_pieces``, ``tgt_pieces``.
+def piece_alignments(trained, src_pieces: Sequence[Sequence[str]], tgt_pieces: Sequence[Sequence[str]],
+                     methods: Sequence[str] = ("exact",), threshold: float | None = None, batch_size: int = 32,
+                     src_lines: Sequence[str] | None = None, tgt_lines: Sequence[str] | None = None) -> list[dict]:
+    """The matrices of several ``methods`` (one pass of the model) and their links, for pairs given as pieces.
+
+    Links are extracted from each piece-level matrix: with ``threshold=None`` each target piece links to its
+    most probable source piece (argmax, ties to the lowest index); otherwise every ``(i, t)`` with probability
+    strictly above ``threshold`` is a link (a piece may get several links or none). Piece links become word
+    links with the run's piece styles (``trained.src_seg.piece_style`` / ``trained.tgt_seg.piece_style``): a
+    word pair is linked if any of their pieces are. ``src_lines`` / ``tgt_lines``, the text the pieces came
+    from, name the words (default: the pieces grouped into words).
+
+    Returns one dict per pair: ``matrices`` and ``piece_links`` and ``links`` (0-based ``(src, tgt)`` sets),
+    each ``{method: ...}``; ``src_words``, ``tgt_words``, ``src_pieces``, ``tgt_pieces``, and ``src_map`` /
+    ``tgt_map`` (the word of every piece).
     """
     from varattn.align import argmax_links, links_to_words, subword_to_word_map, threshold_links
 
+    check_threshold(threshold)
+    methods = check_methods(trained, methods)
+    if len(src_pieces) != len(tgt_pieces):
+        raise VarattnError(f"alignment needs as many targets as sources: {len(src_pieces)} vs {len(tgt_pieces)}")
+    src_pieces, tgt_pieces = [list(p) for p in src_pieces], [list(p) for p in tgt_pieces]
+    matrices = alignment_matrices_ids(trained, [trained.src_vocab.encode(p) for p in src_pieces],
+                                      [trained.tgt_vocab.encode(p) for p in tgt_pieces], methods, batch_size)
+    out = []
+    for k, (sp, tp, mats) in enumerate(zip(src_pieces, tgt_pieces, matrices)):
+        src_map = subword_to_word_map(sp, trained.src_seg.piece_style)
+        tgt_map = subword_to_word_map(tp, trained.tgt_seg.piece_style)
+        s_line = src_lines[k] if src_lines is not None else trained.src_seg.detokenize(sp, keep_bpe=True)
+        t_line = tgt_lines[k] if tgt_lines is not None else trained.tgt_seg.detokenize(tp, keep_bpe=True)
+        piece_links = {m: argmax_links(mats[m]) if threshold is None else threshold_links(mats[m], threshold)
+                       for m in methods}
+        out.append({
+            "matrices": mats,
+            "piece_links": piece_links,
+            "links": {m: links_to_words(piece_links[m], src_map, tgt_map) for m in methods},
+            "src_words": _words(trained.src_seg, s_line, sp, src_map),
+            "tgt_words": _words(trained.tgt_seg, t_line, tp, tgt_map),
+            "src_pieces": sp,
+            "tgt_pieces": tp,
+            "src_map": src_map,
+            "tgt_map": tgt_map,
+        })
+    return out
+
+
+def word_alignments(trained, src_lines: Sequence[str], tgt_lines: Sequence[str], method: str = "exact",
+                    threshold: float | None = None, batch_size: int = 32) -> list[dict]:
+    """Piece-level matrix and word-level links of one ``method`` for each pair (``TrainedModel.align`` calls this).
+
+    Links as in :func:`piece_alignments`. Returns one dict per pair with ``matrix`` (tensor ``(T, S)``, target
+    pieces by source pieces), ``links`` (set of 0-based ``(src_word, tgt_word)``), ``piece_links`` (set of
+    ``(src_piece, tgt_piece)``), ``src_words``, ``tgt_words``, ``src_pieces``, ``tgt_pieces``.
+    """
     check_threshold(threshold)
     if method not in METHODS:
         raise VarattnError(f"unknown alignment method {method!r}; valid methods: {', '.join(METHODS)}")
     if len(src_lines) != len(tgt_lines):
         raise VarattnError(f"alignment needs as many targets as sources: {len(src_lines)} vs {len(tgt_lines)}")
-    src_pieces = [trained.src_seg.tokenize(s) for s in src_lines]
-    tgt_pieces = [trained.tgt_seg.tokenize(t) for t in tgt_lines]
-    matrices = alignment_matrices_ids(trained, [trained.src_vocab.encode(p) for p in src_pieces],
-                                      [trained.tgt_vocab.encode(p) for p in tgt_pieces], [method], batch_size)
-    out = []
-    for s_line, t_line, sp, tp, mats in zip(src_lines, tgt_lines, src_pieces, tgt_pieces, matrices):
-        matrix = mats[method]
-        piece_links = argmax_links(matrix) if threshold is None else threshold_links(matrix, threshold)
-        src_map = subword_to_word_map(sp, trained.src_seg.piece_style)
-        tgt_map = subword_to_word_map(tp, trained.tgt_seg.piece_style)
-        out.append({
-            "matrix": matrix,
-            "links": links_to_words(piece_links, src_map, tgt_map),
-            "piece_links": piece_links,
-            "src_words": _words(trained.src_seg, s_line, sp, src_map),
-            "tgt_words": _words(trained.tgt_seg, t_line, tp, tgt_map),
-            "src_pieces": sp,
-            "tgt_pieces": tp,
-        })
-    return out
+    pairs = piece_alignments(trained, [trained.src_seg.tokenize(s) for s in src_lines],
+                             [trained.tgt_seg.tokenize(t) for t in tgt_lines], [method], threshold, batch_size,
+                             src_lines, tgt_lines)
+    return [{"matrix": p["matrices"][method], "links": p["links"][method], "piece_links": p["piece_links"][method],
+             **{key: p[key] for key in ("src_words", "tgt_words", "src_pieces", "tgt_pieces")}} for p in pairs]

@@ -78,10 +78,16 @@ class TrainedModel(TrainedRun):
         """
         if len(src_lines) != len(tgt_lines):
             raise VarattnError(f"score needs as many targets as sources: {len(src_lines)} vs {len(tgt_lines)}")
+        return self.score_ids([self.encode_src(s) for s in src_lines], [self.encode_tgt(t) for t in tgt_lines],
+                              batch_size)
+
+    @torch.no_grad()
+    def score_ids(self, src: list[list[int]], tgt: list[list[int]], batch_size: int = 32) -> list[dict]:
+        """:meth:`score` for pairs already turned into vocabulary ids (a translation's own pieces, say)."""
+        if len(src) != len(tgt):
+            raise VarattnError(f"score needs as many targets as sources: {len(src)} vs {len(tgt)}")
         if batch_size < 1:
             raise VarattnError(f"the batch size must be at least 1, got {batch_size}")
-        src = [self.encode_src(s) for s in src_lines]
-        tgt = [self.encode_tgt(t) for t in tgt_lines]
         out: list[dict] = []
         for chunk in index_batches(range(len(src)), batch_size):
             batch = collate([src[k] for k in chunk], [tgt[k] for k in chunk])
