@@ -171,7 +171,7 @@ def _words(seg, line: str, pieces: list[str], piece_map: list[int]) -> list[str]
     grouped: list[str] = [""] * n_words
     for piece, w in zip(pieces, piece_map):
         grouped[w] += piece
-    from varattn.subword import BPE_MARK, SENTENCEPIECE_SPACE
+    from varattn.nmt.subword import BPE_MARK, SENTENCEPIECE_SPACE
 
     return [g.replace(BPE_MARK, "").replace(SENTENCEPIECE_SPACE, "") or g for g in grouped]
 
@@ -198,7 +198,7 @@ def word_alignments(trained, src_lines: Sequence[str], tgt_lines: Sequence[str],
     pieces), ``links`` (set of 0-based ``(src_word, tgt_word)``), ``piece_links`` (set of
     ``(src_piece, tgt_piece)``), ``src_words``, ``tgt_words``, ``src_pieces``, ``tgt_pieces``.
     """
-    from varattn.align import argmax_links, links_to_words, subword_to_word_map, threshold_links
+    from varattn.nmt.align import argmax_links, links_to_words, subword_to_word_map, threshold_links
 
     check_threshold(threshold)
     if method not in METHODS:
