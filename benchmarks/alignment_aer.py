@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from varattn.align import alignment_error_rate
+from varattn.nmt.align import alignment_error_rate
 from varattn.nmt.config import load_config
 from varattn.nmt.data import synthetic_pairs
 from varattn.nmt.posterior import has_posterior

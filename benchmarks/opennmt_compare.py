@@ -217,11 +217,11 @@ def run_ours(data: Path, batch_size: int, steps: int, report_every: int, threads
              arch: str = "lstm") -> tuple[dict, object]:
     import torch
 
-    from varattn.data.corpus import read_parallel
     from varattn.latent import make_objective
     from varattn.nmt.batching import bucket_batches, collate
     from varattn.nmt.builder import build_model
     from varattn.nmt.config import load_config
+    from varattn.nmt.corpora.corpus import read_parallel
     from varattn.nmt.vocab import Vocab
     from varattn.training import Trainer
 
@@ -255,8 +255,8 @@ def run_ours(data: Path, batch_size: int, steps: int, report_every: int, threads
 
 
 def decode_ours(model, src_vocab, src_file: Path, sentences: int, length: int) -> dict:
-    from varattn.data.corpus import read_lines
     from varattn.latent import make_objective
+    from varattn.nmt.corpora.corpus import read_lines
     from varattn.nmt.search import DecodingOptions, decode
 
     lines = read_lines(src_file)[:sentences]

@@ -194,8 +194,8 @@ def data_dir(arg: str | None) -> Path:
 
 def load_sample(data: Path, max_len: int | None, batch_size: int, n_batches: int):
     """Vocabularies of the valid split and ``n_batches`` length-bucketed batches at evenly spaced quantiles."""
-    from varattn.data.corpus import read_parallel
     from varattn.nmt.batching import bucket_batches, collate
+    from varattn.nmt.corpora.corpus import read_parallel
     from varattn.nmt.vocab import Vocab
 
     corpus = read_parallel(data / "valid.de.bpe", data / "valid.en.bpe", max_len=max_len)

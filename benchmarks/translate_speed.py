@@ -25,8 +25,8 @@ import torch
 from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 import varattn
-from varattn.bleu import quiet_bleu
-from varattn.data.corpus import read_lines
+from varattn.nmt.bleu import quiet_bleu
+from varattn.nmt.corpora.corpus import read_lines
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO / "data" / "iwslt14"

@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from varattn.data.corpus import read_lines
     from varattn.nmt.batching import collate
+    from varattn.nmt.corpora.corpus import read_lines
     from varattn.nmt.evaluate import evaluate
     from varattn.nmt.run import load_run
 

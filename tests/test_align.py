@@ -1,4 +1,4 @@
-"""Tests for varattn.align: gold formats, AER, subword-to-word links, link extraction."""
+"""Tests for varattn.nmt.align: gold formats, AER, subword-to-word links, link extraction."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from varattn.align import (
+from varattn.errors import VarattnError
+from varattn.nmt.align import (
     alignment_error_rate,
     argmax_links,
     format_gold,
@@ -21,7 +22,6 @@ from varattn.align import (
     subword_to_word_map,
     threshold_links,
 )
-from varattn.errors import VarattnError
 
 link_sets = st.sets(st.tuples(st.integers(0, 60), st.integers(0, 60)), max_size=25)
 

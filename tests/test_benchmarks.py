@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from varattn.data.synthetic import make_splits
 from varattn.device import bf16_supported
+from varattn.nmt.corpora.synthetic import make_splits
 
 REPO = Path(__file__).resolve().parent.parent
 

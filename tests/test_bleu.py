@@ -1,12 +1,12 @@
-"""Tests for varattn.bleu: the two BLEU scores, BPE removal, detokenization, errors."""
+"""Tests for varattn.nmt.bleu: the two BLEU scores, BPE removal, detokenization, errors."""
 
 from __future__ import annotations
 
 import pytest
 import sacrebleu
 
-from varattn.bleu import corpus_bleu, detokenize, format_bleu, remove_bpe
 from varattn.errors import VarattnError
+from varattn.nmt.bleu import corpus_bleu, detokenize, format_bleu, remove_bpe
 
 REFS = [
     "it &apos;s a test .",

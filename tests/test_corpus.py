@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from varattn.data.corpus import (
+from varattn.errors import VarattnError
+from varattn.nmt.corpora.corpus import (
     ParallelCorpus,
     iter_lines,
     read_lines,
@@ -21,7 +22,6 @@ from varattn.data.corpus import (
     read_parallel,
     resolve_pair,
 )
-from varattn.errors import VarattnError
 
 
 def write(path: Path, data: str | bytes) -> Path:

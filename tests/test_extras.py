@@ -12,7 +12,8 @@ import pytest
 from varattn.cli import main
 from varattn.errors import VarattnError
 from varattn.extras import EXTRAS, optional_import, summary_writer
-from varattn.plot import plot_alignments, plot_metrics, read_metrics
+from varattn.nmt.plot import plot_alignments
+from varattn.plot import plot_metrics, read_metrics
 
 from conftest import need
 

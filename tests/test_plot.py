@@ -1,4 +1,4 @@
-"""Tests for varattn.plot: PNG output of alignment heatmaps and training curves, metrics reading.
+"""Tests for varattn.nmt.plot and varattn.plot: PNG alignment heatmaps and training curves, metrics reading.
 
 matplotlib is the ``plot`` extra: the tests that draw skip without it (``need``); the checks that come
 before any drawing, and reading metrics, run either way.
@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from varattn.errors import VarattnError
-from varattn.plot import plot_alignments, plot_metrics, read_metrics
+from varattn.nmt.plot import plot_alignments
+from varattn.plot import plot_metrics, read_metrics
 
 from conftest import need
 

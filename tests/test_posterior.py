@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from varattn.align import alignment_error_rate, parse_gold, parse_pharaoh
 from varattn.cli import main
 from varattn.errors import VarattnError
+from varattn.nmt.align import alignment_error_rate, parse_gold, parse_pharaoh
 from varattn.nmt.posterior import alignment_matrices, has_posterior, modes_with_posterior
 from varattn.nmt.run import load_run
 
@@ -29,7 +29,7 @@ def runs(tiny_run):
 @pytest.fixture(scope="module")
 def pairs():
     """A few synthetic validation pairs (whole words)."""
-    from varattn.data.synthetic import make_splits
+    from varattn.nmt.corpora.synthetic import make_splits
 
     valid = make_splits(seed=0, n_train=0, n_valid=6, n_test=0)["valid"]
     return [" ".join(p.src) for p in valid], [" ".join(p.tgt) for p in valid], [p.links for p in valid]

@@ -12,8 +12,8 @@ import pytest
 from sacremoses import MosesTokenizer
 
 from varattn.cli import main
-from varattn.data import iwslt14
 from varattn.errors import VarattnError
+from varattn.nmt.corpora import iwslt14
 
 HEADER = [
     "<url>http://www.ted.com/talks/jane_doe.html</url>",

@@ -13,9 +13,9 @@ import zipfile
 
 import pytest
 
-from varattn.data import multi30k
-from varattn.data.corpus import read_parallel
 from varattn.errors import VarattnError
+from varattn.nmt.corpora import multi30k
+from varattn.nmt.corpora.corpus import read_parallel
 
 from conftest import cli, one_line_error
 

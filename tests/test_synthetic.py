@@ -1,4 +1,4 @@
-"""Tests for varattn.data.synthetic: determinism, the translation rules, gold links, files."""
+"""Tests for varattn.nmt.corpora.synthetic: determinism, the translation rules, gold links, files."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from varattn.align import parse_pharaoh
-from varattn.data.synthetic import (
+from varattn.errors import VarattnError
+from varattn.nmt.align import parse_pharaoh
+from varattn.nmt.corpora.synthetic import (
     CLASS_SIZES,
     MAX_LEN,
     MIN_LEN,
@@ -17,7 +18,6 @@ from varattn.data.synthetic import (
     read_split,
     write_splits,
 )
-from varattn.errors import VarattnError
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_make_splits_seed_changes_sentences():
 
 
 def test_links_format_round_trip():
-    """The corpus writes and reads its links with varattn.align's Pharaoh functions."""
+    """The corpus writes and reads its links with varattn.nmt.align's Pharaoh functions."""
     pair = SyntheticPair(["a", "b"], ["x"], {(3, 1), (0, 0), (10, 2)})
     assert pair.align_line() == "0-0 3-1 10-2"
     assert parse_pharaoh(pair.align_line()) == pair.links

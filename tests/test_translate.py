@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
-from varattn.align import parse_pharaoh
 from varattn.cli import main
 from varattn.errors import VarattnError
 from varattn.latent import ContextPredictor, make_objective, mode_names
+from varattn.nmt.align import parse_pharaoh
 from varattn.nmt.model import LatentAlignmentNMT, ModelConfig
 from varattn.nmt.search import (
     BOS_ID,

@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 
-from varattn.align import Link
 from varattn.commands.common import (
     STDIO,
     UnknownTokens,
@@ -33,10 +32,11 @@ from varattn.commands.common import (
     writes_to_stdout,
 )
 from varattn.errors import VarattnError
+from varattn.nmt.align import Link
 
 
 def _resolve_files(args, trained) -> tuple[str, str]:
-    from varattn.data.corpus import resolve_pair
+    from varattn.nmt.corpora.corpus import resolve_pair
 
     if args.src is None and args.tgt is None and args.prefix is None:
         raise VarattnError("name the sentence pairs with --src FILE --tgt FILE, "
@@ -52,7 +52,7 @@ def _resolve_files(args, trained) -> tuple[str, str]:
             if args.prefix is None:
                 raise VarattnError("give both --src and --tgt (or --prefix for the side not read from stdin)")
             other = f"{args.prefix}.{lang}"
-        from varattn.data.corpus import read_lines
+        from varattn.nmt.corpora.corpus import read_lines
 
         read_lines(other)  # fail early on a missing file
         return (STDIO, other) if args.src == STDIO else (other, STDIO)
@@ -61,7 +61,7 @@ def _resolve_files(args, trained) -> tuple[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from varattn.align import alignment_error_rate, check_gold_sizes, read_gold_file
+    from varattn.nmt.align import alignment_error_rate, check_gold_sizes, read_gold_file
     from varattn.nmt.posterior import check_methods, check_threshold
 
     check_batch_size(args.batch_size)
@@ -101,7 +101,7 @@ def _write_alignments(args, trained, src, tgt, src_name: str, tgt_name: str,
                       keep: bool) -> tuple[list[set[Link]], list[tuple[int, int]]]:
     """Align in batches, writing and flushing each batch's lines; returns the links and the word counts of
     every pair if ``keep``."""
-    from varattn.align import format_pharaoh
+    from varattn.nmt.align import format_pharaoh
     from varattn.nmt.posterior import matrix_rows
 
     hyps: list[set[Link]] = []

@@ -17,8 +17,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from varattn.bleu import format_bleu, quiet_bleu
-    from varattn.data.corpus import read_lines
+    from varattn.nmt.bleu import format_bleu, quiet_bleu
+    from varattn.nmt.corpora.corpus import read_lines
 
     refs = read_lines(args.ref)
     result = quiet_bleu(list(input_lines(args.hyp)), refs)

@@ -96,7 +96,7 @@ def stream_name(path: str | None) -> str:
 
 def input_lines(path: str | None) -> list[str] | Iterator[str]:
     """All lines of a file, or a lazy line iterator over stdin for ``None`` or ``-``."""
-    from varattn.data.corpus import iter_lines, read_lines
+    from varattn.nmt.corpora.corpus import iter_lines, read_lines
 
     if path is None or path == STDIO:
         return iter_lines(sys.stdin, "<stdin>")
@@ -106,7 +106,7 @@ def input_lines(path: str | None) -> list[str] | Iterator[str]:
 @contextlib.contextmanager
 def streamed_input(path: str | None) -> Iterator[Iterator[str]]:
     """A lazy line iterator over a file or stdin (``None``/``-``), the file closed on exit."""
-    from varattn.data.corpus import iter_lines
+    from varattn.nmt.corpora.corpus import iter_lines
 
     if path is None or path == STDIO:
         yield iter_lines(sys.stdin, "<stdin>")

@@ -21,8 +21,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from varattn.nmt.plot import plot_alignments
     from varattn.nmt.posterior import METHOD_TITLES, alignment_matrices, has_posterior
-    from varattn.plot import plot_alignments
 
     trained = open_run(args)
     src_tokens = trained.src_seg.tokenize(args.src)

@@ -1,11 +1,11 @@
 """``varattn prepare CORPUS``: standard corpora, prepared the way the field does.
 
 - ``varattn prepare iwslt14 ARCHIVE_OR_URL [OUTDIR]`` (default ``data/iwslt14``): see
-  ``varattn.data.iwslt14`` for the steps (fairseq's ``prepare-iwslt14.sh``: Moses tokenisation and
+  ``varattn.nmt.corpora.iwslt14`` for the steps (fairseq's ``prepare-iwslt14.sh``: Moses tokenisation and
   lowercasing, cleaning by length and ratio, the valid split from train, the test set from the dev and
   tst files, joint BPE).
 - ``varattn prepare multi30k [OUTDIR] [--from PATH]`` (default ``data/multi30k``): the official
-  tokenised task-1 files, downloaded or from a local copy (``varattn.data.multi30k``).
+  tokenised task-1 files, downloaded or from a local copy (``varattn.nmt.corpora.multi30k``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 
 
 def run_iwslt14(args: argparse.Namespace) -> int:
-    from varattn.data.iwslt14 import prepare
+    from varattn.nmt.corpora.iwslt14 import prepare
 
     counts = prepare(args.source, args.outdir, merges=args.merges, progress=not args.no_progress)
     print(f"wrote IWSLT'14 de-en to {args.outdir}: " + ", ".join(f"{k} {v} pairs" for k, v in counts.items()),
@@ -24,7 +24,7 @@ def run_iwslt14(args: argparse.Namespace) -> int:
 
 
 def run_multi30k(args: argparse.Namespace) -> int:
-    from varattn.data.multi30k import OFFICIAL_PAIRS, SUBDIR, prepare
+    from varattn.nmt.corpora.multi30k import OFFICIAL_PAIRS, SUBDIR, prepare
 
     counts = prepare(args.outdir, source=args.source, url=args.url, progress=not args.no_progress)
     where = "/".join([args.outdir.rstrip("/"), *SUBDIR])
@@ -45,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from varattn.data import multi30k
-    from varattn.data.iwslt14 import DEFAULT_URL
+    from varattn.nmt.corpora import multi30k
+    from varattn.nmt.corpora.iwslt14 import DEFAULT_URL
 
     p = sub.add_parser("prepare", help="prepare a standard corpus (iwslt14, multi30k)",
                        description="Download or read a standard corpus and prepare it as the paper and the field do.")

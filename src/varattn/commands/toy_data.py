@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from varattn.data.synthetic import make_splits, write_splits
+    from varattn.nmt.corpora.synthetic import make_splits, write_splits
 
     n_train, n_valid, n_test = args.sizes or DEFAULT_SIZES
     splits = make_splits(seed=args.seed, n_train=n_train, n_valid=n_valid, n_test=n_test)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from varattn.align import Link
 from varattn.commands.common import (
     UnknownTokens,
     add_run_arguments,
@@ -22,6 +21,7 @@ from varattn.commands.common import (
     streamed_input,
 )
 from varattn.errors import VarattnError
+from varattn.nmt.align import Link
 
 ALIGN_SEPARATOR = " ||| "
 
@@ -75,7 +75,7 @@ def word_links(translation, src_style: str, tgt_style: str, keep_bpe: bool = Fal
     Indices are 0-based words (pieces merged per ``src_style``/``tgt_style``), or pieces with
     ``keep_bpe``.
     """
-    from varattn.align import links_to_words, subword_to_word_map
+    from varattn.nmt.align import links_to_words, subword_to_word_map
 
     align = translation.alignment
     if not translation.tokens or align.numel() == 0:
@@ -89,9 +89,9 @@ def word_links(translation, src_style: str, tgt_style: str, keep_bpe: bool = Fal
 
 
 def run(args: argparse.Namespace) -> int:
-    from varattn.align import format_pharaoh
-    from varattn.bleu import quiet_bleu
-    from varattn.data.corpus import read_lines
+    from varattn.nmt.align import format_pharaoh
+    from varattn.nmt.bleu import quiet_bleu
+    from varattn.nmt.corpora.corpus import read_lines
 
     check_batch_size(args.batch_size)
     if args.max_src_len < 1:
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             done += len(chunk)
     unknown.report()
     if refs is not None:
-        from varattn.bleu import format_bleu
+        from varattn.nmt.bleu import format_bleu
 
         if len(refs) != len(hyps):
             raise VarattnError(f"--ref {args.ref} has {len(refs)} lines but the input had {len(hyps)}")

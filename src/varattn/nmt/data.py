@@ -6,13 +6,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from varattn.align import Link
-from varattn.data.corpus import read_lines, read_parallel, resolve_pair
-from varattn.data.synthetic import make_splits
 from varattn.errors import VarattnError
 from varattn.fileio import load_json
+from varattn.nmt.align import Link
 from varattn.nmt.batching import Batch, bucket_batches, collate
 from varattn.nmt.config import TrainConfig
+from varattn.nmt.corpora.corpus import read_lines, read_parallel, resolve_pair
+from varattn.nmt.corpora.synthetic import make_splits
 from varattn.nmt.run import RUN_FILE
 from varattn.nmt.text import Segmenter, choose_segmenters
 from varattn.nmt.vocab import Vocab

@@ -179,7 +179,7 @@ def _words(seg, line: str, pieces: list[str], piece_map: list[int]) -> list[str]
     grouped: list[str] = [""] * n_words
     for piece, w in zip(pieces, piece_map):
         grouped[w] += piece
-    from varattn.subword import BPE_MARK, SENTENCEPIECE_SPACE
+    from varattn.nmt.subword import BPE_MARK, SENTENCEPIECE_SPACE
 
     return [g.replace(BPE_MARK, "").replace(SENTENCEPIECE_SPACE, "") or g for g in grouped]
 
@@ -213,7 +213,7 @@ def piece_alignments(trained, src_pieces: Sequence[Sequence[str]], tgt_pieces: S
     each ``{method: ...}``; ``src_words``, ``tgt_words``, ``src_pieces``, ``tgt_pieces``, and ``src_map`` /
     ``tgt_map`` (the word of every piece).
     """
-    from varattn.align import argmax_links, links_to_words, subword_to_word_map, threshold_links
+    from varattn.nmt.align import argmax_links, links_to_words, subword_to_word_map, threshold_links
 
     check_threshold(threshold)
     methods = check_methods(trained, methods)

@@ -66,7 +66,7 @@ def evaluate_flags(p: argparse.ArgumentParser) -> None:
 
 def corpus_lines(args: argparse.Namespace, trained: TrainedModel) -> tuple[list[str], list[str]]:
     """Source/target lines from ``--prefix``/``--src``/``--tgt``, or the run's own validation data."""
-    from varattn.data.corpus import read_lines, resolve_pair
+    from varattn.nmt.corpora.corpus import read_lines, resolve_pair
 
     if not (args.src or args.tgt or args.prefix):
         return trained.valid_lines()

@@ -114,7 +114,7 @@ class TrainedModel(TrainedRun):
 
     def valid_lines(self) -> tuple[list[str], list[str]]:
         """The run's own validation pairs as lines (the synthetic task's, or its ``valid`` files)."""
-        from varattn.data.corpus import read_lines, resolve_pair
+        from varattn.nmt.corpora.corpus import read_lines, resolve_pair
         from varattn.nmt.data import synthetic_pairs
 
         cfg = self.config

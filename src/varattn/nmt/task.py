@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from varattn.data.corpus import read_lines, resolve_pair
 from varattn.errors import VarattnError
 from varattn.latent import make_objective
 from varattn.nmt.batching import Batch
 from varattn.nmt.builder import build_model
 from varattn.nmt.config import TrainConfig
+from varattn.nmt.corpora.corpus import read_lines, resolve_pair
 from varattn.nmt.data import EncodedPairs, RunData, encode_pairs, load_run_data, prepare_run_data
 from varattn.nmt.evaluate import evaluation_figures, evaluation_sums
 from varattn.training.task import BatchLoss, Heatmap, Task, Validation

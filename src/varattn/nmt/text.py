@@ -17,7 +17,7 @@ import io
 from pathlib import Path
 
 from varattn.errors import VarattnError
-from varattn.subword import has_bpe_marks, remove_bpe
+from varattn.nmt.subword import has_bpe_marks, remove_bpe
 
 
 class Segmenter:
@@ -26,7 +26,7 @@ class Segmenter:
     Attributes:
         kind: ``none`` or ``sentencepiece``.
         piece_style: how pieces group into words for word alignments: ``bpe``,
-            ``sentencepiece`` or ``none`` (see ``varattn.align.subword_to_word_map``).
+            ``sentencepiece`` or ``none`` (see ``varattn.nmt.align.subword_to_word_map``).
     """
 
     def __init__(self, kind: str, model_path: Path | None = None, piece_style: str = "none"):

@@ -188,7 +188,7 @@ def analyse_pair(run: ServedRun, src: str | list[str], tgt: str | list[str], lim
     pieces), entropy (per row, nats), alternatives (per row, the best [source piece, probability]), links
     (Pharaoh, words), piece_links ([[source piece, target piece], ...])}}``.
     """
-    from varattn.align import format_pharaoh
+    from varattn.nmt.align import format_pharaoh
     from varattn.nmt.posterior import METHOD_TITLES, piece_alignments
 
     trained = run.trained

@@ -28,8 +28,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from varattn.data.corpus import _decode_lines
 from varattn.errors import VarattnError
+from varattn.nmt.corpora.corpus import _decode_lines
 
 #: the raw files of ``data/task1/tok`` in the dataset's repository (``BASE/<file name>``)
 DEFAULT_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/tok"

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from varattn.errors import VarattnError
-from varattn.subword import BPE_MARK, SENTENCEPIECE_SPACE
+from varattn.nmt.subword import BPE_MARK, SENTENCEPIECE_SPACE
 
 Link = tuple[int, int]
 Gold = tuple[set[Link], set[Link]]

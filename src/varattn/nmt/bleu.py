@@ -12,7 +12,7 @@
     scored with sacrebleu's defaults (13a tokenization, mixed case).  It is comparable across
     tokenizations and is reported with its signature string.
 
-Both sides first have BPE continuation marks removed (:func:`varattn.subword.remove_bpe`), so
+Both sides first have BPE continuation marks removed (:func:`varattn.nmt.subword.remove_bpe`), so
 hypotheses and references can be given either as subword pieces or as words.
 
 Detokenization (:func:`detokenize`) is sacremoses' Moses detokenizer (English rules by
@@ -33,7 +33,7 @@ from typing import Any
 from sacrebleu.metrics import BLEU
 
 from varattn.errors import VarattnError
-from varattn.subword import remove_bpe
+from varattn.nmt.subword import remove_bpe
 
 __all__ = ["corpus_bleu", "detokenize", "format_bleu", "quiet_bleu", "remove_bpe"]
 

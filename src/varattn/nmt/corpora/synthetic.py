@@ -56,8 +56,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from varattn.align import Link, format_pharaoh, parse_pharaoh
 from varattn.errors import VarattnError
+from varattn.nmt.align import Link, format_pharaoh, parse_pharaoh
 
 # Class sizes of the source language (32 word types in all).
 CLASS_SIZES: dict[str, int] = {"DET": 3, "ADJ": 6, "NOUN": 10, "VERB": 8, "PREP": 3, "ADV": 2}
@@ -320,7 +320,7 @@ Rules: every source word translates word-for-word through a fixed dictionary;
 articles (DET) are deleted and unlinked; a few words translate to two target
 words (two links from the same source word); an adjective immediately followed
 by a noun swaps places with it in the target (crossing links).  The target is
-a deterministic function of the source.  See varattn.data.synthetic for details.
+a deterministic function of the source.  See varattn.nmt.corpora.synthetic for details.
 """
 
 
