@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py [--configs small,iwslt14] [--modes soft,var-sample,...] [--repeats 3]
                                [--min-seconds 5] [--enum-repeats 2] [--batches 2] [--threads N] [--json]
-                               [--markdown PATH] [--plain]
+                               [--markdown PATH] [--plain] [--peak-size 2048]
 
 For each shipped config (``small``, ``iwslt14``) and each mode of ``varattn.latent.mode_names()``,
 one subprocess builds the model with that config's sizes, the vocabularies of the IWSLT'14 *valid*
@@ -351,8 +351,9 @@ def decode_speed(model, objective, src_ids: list[list[int]]) -> dict:
     }
 
 
-def run_one(config: str, mode: str, args) -> dict:
-    """``measure`` in a fresh interpreter, so that peak memory and allocator state are its own."""
+def run_one(config: str, mode: str, args, timeout: float | None = None) -> dict:
+    """``measure`` in a fresh interpreter, so that peak memory and allocator state are its own (``timeout``:
+    seconds before the worker is stopped and the mode reported as an error)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", config, mode, "--threads", str(args.threads),
            "--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
            "--enum-repeats", str(args.enum_repeats), "--device", args.device, "--precision", args.precision,
@@ -362,7 +363,10 @@ def run_one(config: str, mode: str, args) -> dict:
         cmd += ["--data", args.data]
     for s in args.set:
         cmd += ["--set", s]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"config": config, "mode": mode, "error": [f"stopped after {timeout:.0f} s"]}
     if proc.returncode != 0:
         return {"config": config, "mode": mode, "error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -435,9 +439,9 @@ def write_markdown(path: Path, table: str, name: str = "speed.py") -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> None:
-    from varattn.device import PRECISIONS, resolve_device
-    from varattn.errors import VarattnError
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (``benchmarks/gpu_run.py`` builds its runs' arguments with it too)."""
+    from varattn.device import PRECISIONS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help="comma-separated shipped configs")
@@ -451,6 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per batch")
     parser.add_argument("--decode-sentences", type=int, default=32, help="sentences to decode at beam 5 (0: skip)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--peak-size", type=int, default=2048,
+                        help="side of the square product that measures the matrix-multiply peak (default 2048)")
     parser.add_argument("--device", default="auto", help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda")
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                         help="training precision: bf16 runs the forward pass under torch.autocast")
@@ -465,6 +471,50 @@ def main(argv: list[str] | None = None) -> None:
                         help="also write the table into PATH (the record: docs/benchmarks.md); by default the "
                              "docs are left alone, so a quick run never overwrites the record")
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "MODE"), help=argparse.SUPPRESS)
+    return parser
+
+
+def collect(args, configs: list[str], modes: list[str], deadline: float | None = None, progress: bool = True) -> dict:
+    """The report (``machine``, ``matmul_peak``, ``results[config][mode]``) of every (config, mode), each
+    measured in its own worker process, with the ratios to ``soft`` and to the machine's peak filled in.
+
+    ``deadline`` (a ``time.monotonic()`` value): each worker is stopped when it is reached, and the modes
+    after it are reported as errors without being started. ``progress``: one line per mode on stderr.
+    """
+    report = {"machine": machine(args.threads, args.device, args.precision),
+              "matmul_peak": matmul_peak(args.threads, args.device, args.precision, n=args.peak_size),
+              "results": {}}
+    for config in configs:
+        results = {}
+        for mode in modes:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                r = {"config": config, "mode": mode, "error": ["not run: time budget spent"]}
+            else:
+                r = run_one(config, mode, args, timeout=left)
+            results[mode] = r
+            if progress:
+                print(f"{config} {mode}: " + (f"{r['tokens_per_s']:.0f} tok/s, peak {r['peak_mem_mb']:.0f} MB"
+                                               if "error" not in r else f"error {r['error']}"), file=sys.stderr)
+        soft = results.get("soft", {}).get("tokens_per_s")
+        for r in results.values():
+            if "error" in r:
+                continue
+            r["ratio_to_soft"] = r["tokens_per_s"] / soft if soft else None
+            r["frac_of_bound"] = r["ratio_to_soft"] / r["flop_bound_ratio"] if soft else None
+            peak = report["matmul_peak"]
+            r["frac_of_mm_peak"] = r["gflop_per_s"] / (peak["bf16_mm_gflops"] or peak["torch_mm_gflops"])
+            onednn = report["matmul_peak"]["onednn_gflops"]
+            r["frac_of_onednn_peak"] = r["gflop_per_s"] / onednn if onednn else None
+        report["results"][config] = results
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    from varattn.device import resolve_device
+    from varattn.errors import VarattnError
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.threads = args.threads or os.cpu_count() or 1
     try:
@@ -491,27 +541,7 @@ def main(argv: list[str] | None = None) -> None:
     modes = args.modes.split(",") if args.modes else mode_names()
     if args.plain:
         os.environ["VARATTN_FAST"] = "0"  # inherited by the worker processes
-    report = {"machine": machine(args.threads, args.device, args.precision),
-              "matmul_peak": matmul_peak(args.threads, args.device, args.precision), "results": {}}
-    for config in args.configs.split(","):
-        results = {}
-        for mode in modes:
-            r = run_one(config, mode, args)
-            results[mode] = r
-            if not args.json:
-                print(f"{config} {mode}: " + (f"{r['tokens_per_s']:.0f} tok/s, peak {r['peak_mem_mb']:.0f} MB"
-                                               if "error" not in r else f"error {r['error']}"), file=sys.stderr)
-        soft = results.get("soft", {}).get("tokens_per_s")
-        for r in results.values():
-            if "error" in r:
-                continue
-            r["ratio_to_soft"] = r["tokens_per_s"] / soft if soft else None
-            r["frac_of_bound"] = r["ratio_to_soft"] / r["flop_bound_ratio"] if soft else None
-            peak = report["matmul_peak"]
-            r["frac_of_mm_peak"] = r["gflop_per_s"] / (peak["bf16_mm_gflops"] or peak["torch_mm_gflops"])
-            onednn = report["matmul_peak"]["onednn_gflops"]
-            r["frac_of_onednn_peak"] = r["gflop_per_s"] / onednn if onednn else None
-        report["results"][config] = results
+    report = collect(args, args.configs.split(","), modes, progress=not args.json)
     if args.markdown not in (None, "-"):
         write_markdown(Path(args.markdown), markdown(report), table_name(args.device, args.precision))
     if args.json:
