@@ -52,10 +52,8 @@ WARMUP_LINES = 8
 
 def tok_bleu(hyps: list[str], refs: list[str]) -> float:
     """Tokenised, lowercased corpus BLEU: the figure of ``varattn bleu`` (and of the study's tables)."""
-    try:
-        from varattn.nmt.bleu import quiet_bleu
-    except ImportError:  # before the module moved into varattn.nmt
-        from varattn.bleu import quiet_bleu
+    from varattn.nmt.bleu import quiet_bleu
+
     return quiet_bleu(hyps, refs)["tok_bleu"]
 
 
