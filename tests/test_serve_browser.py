@@ -6,7 +6,7 @@ question about an uploaded image. It needs the ``serve`` and ``test`` extras and
 and ``chromedriver`` (Debian: ``apt-get install chromium chromium-driver``; nothing is downloaded), and skips
 saying which is missing. ``VARATTN_SCREENSHOTS=DIR`` saves a screenshot of each view there, and
 ``VARATTN_SCREENSHOT_RUN=RUN`` shows that translation run (a trained one draws a better picture) in place of the
-tiny ``var-enum`` run.
+tiny ``var-enum`` run, ``VARATTN_SCREENSHOT_COMPARE=RUN`` that run in place of the tiny ``soft`` one beside it.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def runs(tiny_run, tmp_path_factory):
     out = {"var-enum": Path(os.environ.get("VARATTN_SCREENSHOT_RUN") or tiny_run("var-enum", 3)),
-           "soft": tiny_run("soft", 3)}
+           "soft": Path(os.environ.get("VARATTN_SCREENSHOT_COMPARE") or tiny_run("soft", 3))}
     try:
         need("easy_vqa", "vqa")
     except pytest.skip.Exception:
