@@ -75,8 +75,9 @@ def brute_force_log_likelihood(model, batch) -> list[float]:
 
 
 @torch.no_grad()
-def test_exact_marginal_equals_enumeration_of_every_alignment():
-    model, objective = tiny_model("marginal")
+@pytest.mark.parametrize("cross_attention", [True, False])
+def test_exact_marginal_equals_enumeration_of_every_alignment(cross_attention):
+    model, objective = tiny_model("marginal", cross_attention=cross_attention)
     batch = tiny_batch()
     scores = objective.score(model.problem(batch, False))
     got = (scores.log_likelihood * batch.tgt_mask).sum(1).tolist()
@@ -121,9 +122,9 @@ def test_soft_attention_reads_the_expected_source_vector():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("topk", [None, 2])
-def test_incremental_decoding_equals_the_full_pass(topk):
-    model, _ = tiny_model("marginal", seed=1)
+@pytest.mark.parametrize("topk, cross_attention", [(None, True), (2, True), (None, False)])
+def test_incremental_decoding_equals_the_full_pass(topk, cross_attention):
+    model, _ = tiny_model("marginal", seed=1, cross_attention=cross_attention)
     batch = collate([[4, 5, 6, 7], [8, 9]], [[4, 5, 6, 7, 8], [6]])
     enc = model.encode(batch.src, batch.src_lengths)
     full_q, full_scores = model.decode(batch.tgt_in, enc, topk)

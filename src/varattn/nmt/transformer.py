@@ -60,6 +60,9 @@ class TransformerConfig:
     attention_dropout: float = 0.1
     #: the generator's weight is the target embedding (needs ``output_hidden == d_model``)
     tie_embeddings: bool = False
+    #: decoder layers attend to the source softly (cross-attention); false: the source reaches the output
+    #: only through the latent alignment, so that the output cannot predict without it (docs/transformer.md)
+    cross_attention: bool = True
     #: longest sequence the sinusoidal positions are defined for
     max_positions: int = 1024
     enum_chunk_rows: int = 8192  # rows of (target token, source position) per output-layer chunk
@@ -166,20 +169,21 @@ class Encoder(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-LN: causal self-attention, soft cross-attention to the source, feed-forward."""
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, attention_dropout: float):
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, attention_dropout: float,
+                 cross_attention: bool = True):
         super().__init__()
         self.self_norm = nn.LayerNorm(dim)
         self.self_attn = MultiHeadAttention(dim, heads, attention_dropout)
-        self.cross_norm = nn.LayerNorm(dim)
-        self.cross_attn = MultiHeadAttention(dim, heads, attention_dropout)
+        self.cross_norm = nn.LayerNorm(dim) if cross_attention else None
+        self.cross_attn = MultiHeadAttention(dim, heads, attention_dropout) if cross_attention else None
         self.ffn_norm = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, ffn_dim, dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, past: tuple[Tensor, Tensor] | None, cross: tuple[Tensor, Tensor],
+    def forward(self, x: Tensor, past: tuple[Tensor, Tensor] | None, cross: tuple[Tensor, Tensor] | None,
                 source_mask: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """``x (B, T, D)`` at positions after the ``past`` keys/values ``(B, H, P, D/H)`` (None: P = 0);
-        ``cross`` the source's keys/values for this layer, ``source_mask (B, 1, 1, S)``.
+        ``cross`` the source's keys/values for this layer (None without cross-attention), ``source_mask (B, 1, 1, S)``.
 
         Returns the layer's output ``(B, T, D)`` and the self-attention keys/values of all ``P + T`` positions.
         """
@@ -191,7 +195,8 @@ class DecoderLayer(nn.Module):
         # position p (of P + T) may see key j when j <= p; a single new step sees every key
         causal = None if t == 1 else torch.ones(t, n, dtype=torch.bool, device=x.device).tril(n - t)
         x = x + self.dropout(self.self_attn(h, keys, values, causal))
-        x = x + self.dropout(self.cross_attn(self.cross_norm(x), *cross, source_mask))
+        if self.cross_attn is not None:
+            x = x + self.dropout(self.cross_attn(self.cross_norm(x), *cross, source_mask))
         x = x + self.dropout(self.ffn(self.ffn_norm(x)))
         return x, (keys, values)
 
@@ -204,18 +209,18 @@ class TransformerEncoded:
         memory: ``(B, S, D)`` source vectors ``x_i`` (what the output layer reads at the aligned position).
         memory_keys: ``(B, S, A)`` the latent alignment's keys ``W_k x_i``.
         source_mask: ``(B, S)`` bool.
-        cross: per decoder layer, the cross-attention's keys and values ``(B, H, S, D/H)``.
+        cross: per decoder layer, the cross-attention's keys and values ``(B, H, S, D/H)`` (None without).
     """
 
     memory: Tensor
     memory_keys: Tensor
     source_mask: Tensor
-    cross: list[tuple[Tensor, Tensor]]
+    cross: list[tuple[Tensor, Tensor] | None]
 
     def select(self, index: Tensor) -> TransformerEncoded:
         """Reorder/duplicate rows (beam search)."""
         return TransformerEncoded(self.memory[index], self.memory_keys[index], self.source_mask[index],
-                                  [(k[index], v[index]) for k, v in self.cross])
+                                  [None if c is None else (c[0][index], c[1][index]) for c in self.cross])
 
 
 @dataclass
@@ -276,8 +281,8 @@ class LatentAlignmentTransformer(nn.Module):
         self.tgt_embed = nn.Embedding(cfg.tgt_vocab_size, d)
         self.dropout = nn.Dropout(cfg.dropout)
         self.encoder = Encoder(d, cfg.heads, cfg.ffn_dim, cfg.encoder_layers, cfg.dropout, cfg.attention_dropout)
-        self.decoder = nn.ModuleList(DecoderLayer(d, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.attention_dropout)
-                                     for _ in range(cfg.decoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(d, cfg.heads, cfg.ffn_dim, cfg.dropout, cfg.attention_dropout,
+                                                  cfg.cross_attention) for _ in range(cfg.decoder_layers))
         self.decoder_norm = nn.LayerNorm(d)
         self.align_query = nn.Linear(d, cfg.attention_dim, bias=False)
         self.align_key = nn.Linear(d, cfg.attention_dim, bias=False)
@@ -319,7 +324,7 @@ class LatentAlignmentTransformer(nn.Module):
         if src_x is None:
             src_x = self.embed(self.src_embed, src)
         memory = self.encoder(src_x, mask)  # (B, S, D)
-        cross = [layer.cross_attn.keys_values(memory) for layer in self.decoder]
+        cross = [None if layer.cross_attn is None else layer.cross_attn.keys_values(memory) for layer in self.decoder]
         return TransformerEncoded(memory, self.align_key(memory), mask, cross)
 
     # -- decoder -------------------------------------------------------------------------
