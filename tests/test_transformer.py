@@ -75,9 +75,9 @@ def brute_force_log_likelihood(model, batch) -> list[float]:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("cross_attention", [True, False])
-def test_exact_marginal_equals_enumeration_of_every_alignment(cross_attention):
-    model, objective = tiny_model("marginal", cross_attention=cross_attention)
+@pytest.mark.parametrize("cross_attention, output_reads", [(True, "encoder"), (False, "encoder"), (True, "embedding")])
+def test_exact_marginal_equals_enumeration_of_every_alignment(cross_attention, output_reads):
+    model, objective = tiny_model("marginal", cross_attention=cross_attention, output_reads=output_reads)
     batch = tiny_batch()
     scores = objective.score(model.problem(batch, False))
     got = (scores.log_likelihood * batch.tgt_mask).sum(1).tolist()
@@ -122,9 +122,10 @@ def test_soft_attention_reads_the_expected_source_vector():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("topk, cross_attention", [(None, True), (2, True), (None, False)])
-def test_incremental_decoding_equals_the_full_pass(topk, cross_attention):
-    model, _ = tiny_model("marginal", seed=1, cross_attention=cross_attention)
+@pytest.mark.parametrize("topk, cross_attention, output_reads",
+                         [(None, True, "encoder"), (2, True, "encoder"), (None, False, "embedding")])
+def test_incremental_decoding_equals_the_full_pass(topk, cross_attention, output_reads):
+    model, _ = tiny_model("marginal", seed=1, cross_attention=cross_attention, output_reads=output_reads)
     batch = collate([[4, 5, 6, 7], [8, 9]], [[4, 5, 6, 7, 8], [6]])
     enc = model.encode(batch.src, batch.src_lengths)
     full_q, full_scores = model.decode(batch.tgt_in, enc, topk)
@@ -193,6 +194,7 @@ def test_builder_chooses_the_architecture_by_type_and_lstm_stays_the_default():
     ("transformer-small", ["model.heads=0"], "model.heads must be a positive integer"),
     ("transformer-small", ["model.embed_dim=8"], "unknown model config keys: embed_dim"),
     ("transformer-small", ["model.tie_embeddings=true", "model.output_hidden=64"], "tie_embeddings"),
+    ("transformer-small", ["model.output_reads=decoder"], "model.output_reads must be encoder or embedding"),
 ])
 def test_bad_model_sections_are_one_line_errors(base, sets, message):
     with pytest.raises(VarattnError, match=message):

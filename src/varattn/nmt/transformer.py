@@ -63,6 +63,10 @@ class TransformerConfig:
     #: decoder layers attend to the source softly (cross-attention); false: the source reaches the output
     #: only through the latent alignment, so that the output cannot predict without it (docs/transformer.md)
     cross_attention: bool = True
+    #: what the output layer reads at the aligned position: ``encoder`` (the encoder's output x_i, as the paper's
+    #: LSTM reads its BiLSTM state) or ``embedding`` (the source word's own embedding, which no other position
+    #: can stand in for; the prior's keys stay the encoder's outputs)
+    output_reads: str = "encoder"
     #: longest sequence the sinusoidal positions are defined for
     max_positions: int = 1024
     enum_chunk_rows: int = 8192  # rows of (target token, source position) per output-layer chunk
@@ -77,6 +81,8 @@ class TransformerConfig:
 
     def check(self) -> None:
         """Cross-key checks (the config loader calls this after the per-key ones)."""
+        if self.output_reads not in ("encoder", "embedding"):
+            raise VarattnError(f"model.output_reads must be encoder or embedding, got {self.output_reads!r}")
         if self.d_model % self.heads:
             raise VarattnError(f"model.d_model ({self.d_model}) must be a multiple of model.heads ({self.heads})")
         if self.tie_embeddings and self.output_hidden != self.d_model:
@@ -206,7 +212,8 @@ class TransformerEncoded:
     """The encoder's output for a batch.
 
     Attributes:
-        memory: ``(B, S, D)`` source vectors ``x_i`` (what the output layer reads at the aligned position).
+        memory: ``(B, S, D)`` source vectors ``x_i`` (what the output layer reads at the aligned position: the
+            encoder's outputs, or the source embeddings with ``output_reads: embedding``).
         memory_keys: ``(B, S, A)`` the latent alignment's keys ``W_k x_i``.
         source_mask: ``(B, S)`` bool.
         cross: per decoder layer, the cross-attention's keys and values ``(B, H, S, D/H)`` (None without).
@@ -323,9 +330,13 @@ class LatentAlignmentTransformer(nn.Module):
         mask = torch.arange(src.shape[1], device=src.device)[None, :] < src_lengths[:, None].to(src.device)
         if src_x is None:
             src_x = self.embed(self.src_embed, src)
-        memory = self.encoder(src_x, mask)  # (B, S, D)
-        cross = [None if layer.cross_attn is None else layer.cross_attn.keys_values(memory) for layer in self.decoder]
-        return TransformerEncoded(memory, self.align_key(memory), mask, cross)
+        states = self.encoder(src_x, mask)  # (B, S, D)
+        cross = [None if layer.cross_attn is None else layer.cross_attn.keys_values(states) for layer in self.decoder]
+        if self.cfg.output_reads == "embedding":
+            memory = self.dropout(self.src_embed(src) * math.sqrt(self.cfg.d_model))  # (B, S, D), no positions
+        else:
+            memory = states
+        return TransformerEncoded(memory, self.align_key(states), mask, cross)
 
     # -- decoder -------------------------------------------------------------------------
     def _prior_scores(self, query: Tensor, enc: TransformerEncoded, topk: int | None) -> Tensor:
