@@ -29,6 +29,7 @@ the same values and gradients. This module knows no task: it depends on torch on
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator
 
@@ -299,6 +300,24 @@ def step_linear(weight: Tensor) -> Callable[[Tensor], Tensor]:
     if _fast_for(weight) and torch.is_grad_enabled() and weight.requires_grad and weight.dim() == 2:
         return _BulkGradLinear(weight)
     return lambda x: linear(x, weight)
+
+
+# -- gathering rows by index ----------------------------------------------------------------------
+def pick(x: Tensor, *index: Tensor) -> Tensor:
+    """``x[i0, i1, ...]`` for 1-D integer indices over ``x``'s leading dimensions: ``(n, *x.shape[k:])``.
+
+    The same values as advanced indexing, with a backward pass that gives the same bits on every
+    run. Advanced indexing's backward (``index_put_`` with accumulation) adds into the gradient with
+    atomic float additions from several threads on the CPU once it has 32,768 elements or more, so
+    its rounding depends on the order in which the threads arrive; this goes through an embedding
+    lookup, whose backward adds in a fixed order.
+    """
+    k = len(index)
+    flat = index[0]
+    for size, i in zip(x.shape[1:k], index[1:]):
+        flat = flat * size + i
+    rows = nn.functional.embedding(flat, x.reshape(math.prod(x.shape[:k]), math.prod(x.shape[k:])))
+    return rows.reshape(flat.shape[0], *x.shape[k:])
 
 
 # -- LSTMs over padded batches --------------------------------------------------------------------

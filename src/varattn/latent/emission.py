@@ -177,7 +177,7 @@ class ContextEmission:
         """``(n,)`` gold log-probabilities of the pairs (target row ``(pb, pt)``, source position ``pos``)."""
 
         def run(query_pre: Tensor, memory_pre: Tensor) -> Tensor:
-            pre = query_pre[pb, pt] + memory_pre[pb, pos]  # (n, D)
+            pre = kernels.pick(query_pre, pb, pt) + kernels.pick(memory_pre, pb, pos)  # (n, D)
             return self.head.log_prob_gold(pre, self.gold[pb, pt])
 
         if not single and torch.is_grad_enabled() and (self.query_pre.requires_grad or self.memory_pre.requires_grad):

@@ -18,6 +18,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from varattn import kernels
+
 
 class PredictiveHead(Protocol):
     """An output head (see ``OutputHead``) that can also give the whole output distribution."""
@@ -159,6 +161,6 @@ class EmissionPredictor:
             b, t = rows_b[start : start + per_chunk], rows_t[start : start + per_chunk]  # (R,)
             row, pos = self.source_mask[b].nonzero(as_tuple=True)  # the chunk's real pairs (P,)
             pb, pt = b[row], t[row]
-            pre = self.query_pre[pb, pt] + self.memory_pre[pb, pos]  # (P, D)
-            out[b, t] = self.head.mixture(pre, alpha[pb, pt, pos], row, b.shape[0])  # (R, V)
+            pre = kernels.pick(self.query_pre, pb, pt) + kernels.pick(self.memory_pre, pb, pos)  # (P, D)
+            out[b, t] = self.head.mixture(pre, kernels.pick(alpha, pb, pt, pos), row, b.shape[0])  # (R, V)
         return out.log()
