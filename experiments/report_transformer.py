@@ -93,7 +93,7 @@ def transformer_section(results_dir: Path, lstm: dict[str, list[dict]], img_dir:
            "The same Multi30k data, batches and stopping rule as the LSTM's converged study, a pre-LN Transformer "
            "(`experiments/multi30k-transformer.yaml`: 2 + 2 layers, 128 wide, 4 heads, feed-forward 256, output "
            "layer 192, dropout 0.3, Adam with a peak of 1e-3 after one epoch of linear warm-up, then inverse "
-           "square root; about 3.0 M parameters against the LSTM's 2.6 M) with the latent alignment at its output "
+           "square root; about 2.0 M parameters against the LSTM's 1.7 M (without inference networks)) with the latent alignment at its output "
            "(docs/transformer.md). Each mode trains epoch by epoch until its validation metric has not improved "
            "for two epochs, capped at 10 epochs, one seed. Rebuild: `python experiments/multi30k.py --study "
            "transformer` (training), then `--report`. One torch thread per run, with other jobs on the machine: "
