@@ -57,7 +57,8 @@ DEFAULT_WORK = Path("runs", "gpu-run")
 
 
 def _multi30k():
-    """``experiments/multi30k.py``: the study's data preparation, configuration, mode order and child environment."""
+    """``experiments/multi30k.py``: the study's data preparation, configuration, mode order, child environment
+    and JSON-lines reader."""
     import multi30k
 
     return multi30k
@@ -121,18 +122,6 @@ def run_speed(args, precision: str, sample: Path, modes: list[str], deadline: fl
 
 
 # -- part 3: the Multi30k study's first epoch ---------------------------------------------------------
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
-
-
 def study_cpu_epoch(mode: str) -> dict | None:
     """The committed CPU study's wall-clock seconds for ``mode``'s first epoch (converged study's seed 1, else the
     early study), or None."""
@@ -170,7 +159,7 @@ def run_epoch(args, mode: str, segmented: Path, work: Path, timeout: float) -> d
     wall = time.monotonic() - start
     if proc.returncode != 0:
         return {"mode": mode, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-    records = read_jsonl(run_dir / "metrics.jsonl")
+    records = m30k.read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in records if r.get("split") == "train"]
     valid = [r for r in records if r.get("split") == "valid"]
     rates = [r["tokens_per_s"] for r in train if r.get("tokens_per_s")]

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from multi30k import child_env, log  # noqa: E402  the NMT study's subprocess environment and log line
+# the NMT study's subprocess environment, log line and JSON-lines reader
+from multi30k import child_env, log, read_jsonl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "experiments" / "results" / "vqa"
@@ -93,18 +94,6 @@ def run(cmd: list[str], threads: int) -> tuple[str, float, float]:
 
 def varattn(*args: str) -> list[str]:
     return [sys.executable, "-m", "varattn.cli", "vqa", *args]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass  # a line cut by a crash
-    return out
 
 
 # -- training --------------------------------------------------------------------------------------
