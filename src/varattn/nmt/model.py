@@ -16,17 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from varattn import kernels
-from varattn.latent import (
-    AlignmentProblem,
-    ContextEmission,
-    LinearSoftmaxHead,
-    LossTerms,
-    Objective,
-    Scores,
-    kmax,
-)
+from varattn.latent import AlignmentProblem, LinearSoftmaxHead, kmax
 from varattn.latent.emission import full_precision
 from varattn.nmt.batching import Batch
+from varattn.nmt.latent_output import LatentOutput
 
 NEG_INF = float("-inf")
 
@@ -127,11 +120,7 @@ class Encoded:
         return Encoded(self.memory[index], self.memory_proj[index], self.source_mask[index])
 
 
-def _full(x: Tensor | None) -> Tensor | None:
-    return None if x is None else full_precision(x)
-
-
-class LatentAlignmentNMT(nn.Module):
+class LatentAlignmentNMT(LatentOutput, nn.Module):
     """Encoder, decoder with MLP prior attention, output head and (optional) inference network.
 
     ``with_precision`` (objectives whose ``needs_precision`` is set: the relaxed model) adds a
@@ -276,18 +265,5 @@ class LatentAlignmentNMT(nn.Module):
             tgt_lengths = batch.tgt_mask.sum(1)
             posterior_scores, posterior_precision = self.inference(src_emb, batch.src_lengths, tgt_emb[:, 1:],
                                                                    tgt_lengths)
-            posterior_scores = full_precision(posterior_scores).masked_fill(~enc.source_mask[:, None, :], NEG_INF)
-        emission = ContextEmission(self.head, queries, enc.memory, batch.tgt_out, batch.tgt_mask,
-                                   self.cfg.enum_chunk_rows, enc.source_mask)
-        return AlignmentProblem(prior_scores, enc.source_mask, batch.tgt_mask, emission, posterior_scores,
-                                self.prior_precision(queries), _full(posterior_precision))
-
-    def prior_precision(self, query: Tensor) -> Tensor | None:
-        """``(...)`` the prior Dirichlet's precision scores for queries ``(..., Dd)``; None without the head."""
-        return None if self.precision is None else _full(self.precision(query).squeeze(-1))
-
-    def loss(self, batch: Batch, objective: Objective) -> LossTerms:
-        return objective.loss(self.problem(batch, objective.uses_posterior))
-
-    def score(self, batch: Batch, objective: Objective, topk: int | None = None) -> Scores:
-        return objective.score(self.problem(batch, objective.uses_posterior and topk is None, topk))
+        return self.alignment_problem(batch, queries, prior_scores, enc.memory, enc.source_mask, posterior_scores,
+                                      posterior_precision)

@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from varattn.errors import VarattnError
-from varattn.latent import AlignmentProblem, ContextEmission, LinearSoftmaxHead, LossTerms, Objective, Scores, kmax
+from varattn.latent import AlignmentProblem, LinearSoftmaxHead, kmax
 from varattn.latent.emission import full_precision
 from varattn.nmt.batching import Batch
+from varattn.nmt.latent_output import LatentOutput
 
 NEG_INF = float("-inf")
 
@@ -268,11 +269,7 @@ class TransformerInferenceNetwork(nn.Module):
         return scores, precision
 
 
-def _full(x: Tensor | None) -> Tensor | None:
-    return None if x is None else full_precision(x)
-
-
-class LatentAlignmentTransformer(nn.Module):
+class LatentAlignmentTransformer(LatentOutput, nn.Module):
     """Encoder, decoder, latent alignment prior, output head and (optional) inference network.
 
     The same interface as ``varattn.nmt.model.LatentAlignmentNMT`` (``problem``, ``loss``, ``score``,
@@ -391,18 +388,5 @@ class LatentAlignmentTransformer(nn.Module):
                 raise ValueError("this model was built without an inference network")
             tgt_x = self.embed(self.tgt_embed, batch.tgt_out)  # (B, T, D): y_1 .. y_n </s>
             posterior_scores, posterior_precision = self.inference(src_x, enc.source_mask, tgt_x, batch.tgt_mask)
-            posterior_scores = full_precision(posterior_scores).masked_fill(~enc.source_mask[:, None, :], NEG_INF)
-        emission = ContextEmission(self.head, queries, enc.memory, batch.tgt_out, batch.tgt_mask,
-                                   self.cfg.enum_chunk_rows, enc.source_mask)
-        return AlignmentProblem(prior_scores, enc.source_mask, batch.tgt_mask, emission, posterior_scores,
-                                self.prior_precision(queries), _full(posterior_precision))
-
-    def prior_precision(self, query: Tensor) -> Tensor | None:
-        """``(...)`` the prior Dirichlet's precision scores for queries ``(..., D)``; None without the head."""
-        return None if self.precision is None else _full(self.precision(query).squeeze(-1))
-
-    def loss(self, batch: Batch, objective: Objective) -> LossTerms:
-        return objective.loss(self.problem(batch, objective.uses_posterior))
-
-    def score(self, batch: Batch, objective: Objective, topk: int | None = None) -> Scores:
-        return objective.score(self.problem(batch, objective.uses_posterior and topk is None, topk))
+        return self.alignment_problem(batch, queries, prior_scores, enc.memory, enc.source_mask, posterior_scores,
+                                      posterior_precision)
