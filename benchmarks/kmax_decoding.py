@@ -76,7 +76,7 @@ def decode_row(trained, src: list[str], refs: list[str], topk: int | None, args)
     sync = torch.cuda.synchronize if next(trained.model.parameters()).is_cuda else (lambda: None)
     sync()
     start = time.perf_counter()
-    out = trained.translate(src, beam=args.beam, topk=topk, batch_size=args.batch_size)
+    out = trained.translate(src, beam=args.beam, topk=topk or 0, batch_size=args.batch_size)  # 0: every position
     sync()
     seconds = time.perf_counter() - start
     return {
@@ -99,7 +99,7 @@ def sweep(run: str, src: list[str], refs: list[str], ks: list[int | None], args)
     rows = []
     for k in ks:
         # warm-up of this setting (first-call allocations, kernels), then the timed decoding
-        trained.translate(src[:WARMUP_LINES], beam=args.beam, topk=k, batch_size=args.batch_size)
+        trained.translate(src[:WARMUP_LINES], beam=args.beam, topk=k or 0, batch_size=args.batch_size)
         rows.append(decode_row(trained, src, refs, k, args))
         print(f"  {run} ({trained.mode}) K={k or 'full'}: {rows[-1]['sent_per_s']:.2f} sent/s, "
               f"BLEU {rows[-1]['bleu']:.2f}", file=sys.stderr, flush=True)

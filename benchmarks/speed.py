@@ -26,7 +26,7 @@ pairs, then measures:
 * ``flop_bound_ratio``: ``soft``'s matrix work over this mode's, the best ratio to ``soft`` the
   arithmetic allows when both run at the same rate, and ``frac_of_bound`` = ratio / bound;
 * ``decode_sent_per_s``: beam-5 translation (``varattn.nmt.search.decode`` with the mode's
-  predictive rule and ``varattn translate``'s length penalty) of the sample's middle batch, with
+  predictive rule over every source position, ``topk=0``, and ``varattn translate``'s length penalty) of the sample's middle batch, with
   the model as left by the timed steps. That model is untrained and would stop its outputs at
   random lengths, so every output is forced to its source's length (``max_len_a=1``,
   ``max_len_b=0`` and a prohibitive ``eos_norm``), about what a trained model writes on this data.
@@ -338,7 +338,7 @@ def decode_speed(model, objective, src_ids: list[list[int]]) -> dict:
     start = time.perf_counter()
     # an untrained model ends its outputs at random lengths: force each to its source's length
     # (about what a trained model produces on this data), so that modes are timed on the same work
-    hyps = decode(model, src_ids, objective, DecodingOptions(beam=5, eos_norm=1e6, max_len_a=1.0, max_len_b=0))
+    hyps = decode(model, src_ids, objective, DecodingOptions(beam=5, topk=0, eos_norm=1e6, max_len_a=1.0, max_len_b=0))
     sync()
     seconds = time.perf_counter() - start
     out_tokens = sum(len(h.tokens) + 1 for h in hyps)

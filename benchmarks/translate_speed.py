@@ -92,7 +92,7 @@ def main() -> None:
     cfg = trained.model.cfg
     src_tokens = sum(len(line.split()) for line in src)
 
-    settings = [(int(b), None) for b in args.beams.split(",")]
+    settings = [(int(b), 0) for b in args.beams.split(",")]  # 0: every position (the full marginal)
     if args.topk:
         settings.append((5, args.topk))
     trained.translate(src[:8], beam=max(b for b, _ in settings))  # warm-up: first-call allocations, kernels

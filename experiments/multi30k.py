@@ -281,8 +281,9 @@ def score(run_dir: Path, prefix: Path, ref: Path, hyp: Path, evaluate_args: list
                                 "--device", "cpu"), threads).stdout)
     eval_s = time.monotonic() - start
     start = time.monotonic()
+    # --topk 0: BLEU of the full marginal, as every committed record was decoded (the default is K-max 5)
     run(varattn("translate", str(run_dir), "--input", str(prefix) + ".de", "--output", str(hyp),
-                "--beam", str(BEAM), "--device", "cpu"), threads)
+                "--beam", str(BEAM), "--topk", "0", "--device", "cpu"), threads)
     decode_s = time.monotonic() - start
     bleu = json.loads(run(varattn("bleu", "--ref", str(ref), "--hyp", str(hyp), "--json"), threads).stdout)
     return {"evaluate": ev, "bleu": bleu, "evaluate_s": round(eval_s, 1), "decode_s": round(decode_s, 1)}

@@ -134,7 +134,7 @@ def test_evaluate_with_nothing_left_is_a_one_line_error(run_dir, tmp_path, capsy
 
 @pytest.mark.parametrize(("flags", "needle"), [
     (["--beam", "0"], "--beam must be a positive integer, got 0"),
-    (["--topk", "-1"], "--topk must be a positive integer, got -1"),
+    (["--topk", "-1"], "--topk must be an integer >= 0 (0: every position), got -1"),
     (["--alpha", "-1"], "--alpha must be a finite number >= 0"),
     (["--eos-norm", "nan"], "--eos-norm must be a finite number >= 0"),
     (["--max-len-b", "inf"], "--max-len-b must be a finite number"),

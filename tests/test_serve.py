@@ -180,7 +180,7 @@ BAD = [
     ("post", "/api/translate", {"json": {"run": "RUN", "src": "kugi", "beam": "5"}}, 400, "'beam' must be an integer"),
     ("post", "/api/translate", {"json": {"run": "RUN", "src": "kugi", "beam": True}}, 400, "'beam'"),
     ("post", "/api/translate", {"json": {"run": "RUN", "src": "kugi", "beam": 21}}, 400, "between 1 and 20"),
-    ("post", "/api/translate", {"json": {"run": "RUN", "src": "kugi", "topk": 0}}, 400, "'topk'"),
+    ("post", "/api/translate", {"json": {"run": "RUN", "src": "kugi", "topk": -1}}, 400, "'topk'"),
     ("post", "/api/translate", {"json": {"run": "RUN", "src": "kugi", "threshold": 1.5}}, 400, "'threshold'"),
     ("post", "/api/translate", {"json": {"run": "RUN", "src": "kugi", "alternatives": 0}}, 400, "'alternatives'"),
     ("post", "/api/translate", {"content": b'{"run": "RUN", "src": "kugi", "alpha": NaN}'}, 400, "'alpha'"),

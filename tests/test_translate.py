@@ -19,12 +19,14 @@ from varattn.nmt.search import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
+    MIXTURE_TOPK,
     DecodingOptions,
     beam_search,
     greedy_search,
     length_penalty,
     next_log_probs,
     pad_batch,
+    topk_for,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -177,7 +179,7 @@ def test_beam_one_equals_greedy(predictive, seed):
 def test_kmax_with_k_equal_source_length_is_the_full_marginal():
     model = tiny_model(seed=5, tgt_vocab=10)
     src, lengths = pad_batch(SOURCES)
-    full = beam(model, src, lengths, beam=3)
+    full = beam(model, src, lengths, beam=3, topk=0)
     kmax = beam(model, src, lengths, beam=3, topk=src.shape[1])
     one = beam(model, src, lengths, beam=3, topk=1)
     for f, k in zip(full, kmax):
@@ -224,7 +226,7 @@ def test_pad_and_bos_are_never_emitted():
 
 @pytest.mark.parametrize(("options", "flag"), [
     ({"beam": 0}, "--beam"), ({"beam": 2.5}, "--beam"), ({"beam": True}, "--beam"), ({"beam": "5"}, "--beam"),
-    ({"topk": 0}, "--topk"), ({"topk": -3}, "--topk"), ({"alpha": -0.1}, "--alpha"),
+    ({"topk": 2.5}, "--topk"), ({"topk": -3}, "--topk"), ({"alpha": -0.1}, "--alpha"),
     ({"alpha": math.inf}, "--alpha"), ({"eos_norm": -1.0}, "--eos-norm"), ({"eos_norm": math.nan}, "--eos-norm"),
     ({"max_len_a": -1.0}, "--max-len-a"), ({"max_len_b": math.inf}, "--max-len-b"),
 ])
@@ -241,6 +243,27 @@ def test_decoding_options_keep_good_values():
     assert options.max_output_length(4) == 0 and DecodingOptions(max_len_a=1.5, max_len_b=1).max_output_length(3) == 5
     with pytest.raises(AttributeError):
         options.beam = 4  # frozen: one object travels through search, run and the command
+
+
+def test_default_topk_is_kmax_for_the_marginal_rule_and_nothing_for_soft():
+    assert topk_for(MARGINAL) == MIXTURE_TOPK and topk_for(MARGINAL, 0) is None and topk_for(MARGINAL, 3) == 3
+    assert topk_for(RULES["soft"]) is None and topk_for(RULES["prior-mean"]) is None
+    model = tiny_model(seed=7, tgt_vocab=10, src_vocab=12)
+    src, lengths = pad_batch([[4, 5, 6, 1, 7, 8, 9, 10, 11], [6, 4]])  # 9 positions: more than MIXTURE_TOPK
+    as_long = {"eos_norm": 1e6, "max_len_a": 1.0, "max_len_b": 0}  # every output as long as its source
+    default = beam(model, src, lengths, beam=3, **as_long)
+    kmax = beam(model, src, lengths, beam=3, topk=MIXTURE_TOPK, **as_long)
+    full = beam(model, src, lengths, beam=3, topk=0, **as_long)
+    for d, k in zip(default, kmax):
+        assert d[0].tokens == k[0].tokens and d[0].score == pytest.approx(k[0].score, abs=1e-6)
+    # the long sentence's prior keeps at most K positions by default, all nine with topk=0
+    assert int((default[0][0].alignment > 0).sum(-1).max()) <= MIXTURE_TOPK
+    assert int((full[0][0].alignment > 0).sum(-1).min()) == 9
+    for rule in ("soft", "prior-mean"):  # one output layer per token: the default keeps every position
+        by_default = beam(model, src, lengths, RULES[rule], beam=3, **as_long)
+        by_zero = beam(model, src, lengths, RULES[rule], beam=3, topk=0, **as_long)
+        assert [h[0].tokens for h in by_default] == [h[0].tokens for h in by_zero]
+        torch.testing.assert_close(by_default[0][0].alignment, by_zero[0][0].alignment)
 
 
 def test_kmax_is_refused_for_a_dirichlet_alignment():
@@ -356,7 +379,7 @@ def test_cli_streams_stdin_chunk_by_chunk(run_dir, source_lines, monkeypatch):
 def test_cli_translate_errors(run_dir, tmp_path, capsys):
     assert main(["translate", str(run_dir), "--input", str(tmp_path / "missing.txt")]) == 2
     assert main(["translate", str(tmp_path), "--input", str(tmp_path)]) == 2
-    assert main(["translate", str(run_dir), "--topk", "0", "--input", str(tmp_path)]) == 2
+    assert main(["translate", str(run_dir), "--topk", "-1", "--input", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("error:") == 3
 

@@ -37,7 +37,9 @@ def register(sub) -> None:
     p.add_argument("--input", help="source file, one sentence per line (default: stdin)")
     p.add_argument("--output", help="output file (default: stdout)")
     p.add_argument("--beam", type=int, default=defaults.beam, help=f"beam size; 1 = greedy (default {defaults.beam})")
-    p.add_argument("--topk", type=int, help="K-max: keep only the K best alignment positions at each step")
+    p.add_argument("--topk", type=int,
+                   help="K-max: keep only the K best alignment positions at each step; 0 = every position "
+                        "(default: 5 for the models that sum over the alignment, every position otherwise)")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help=f"Wu et al. length penalty exponent, 0 = none (default {DEFAULT_ALPHA})")
     p.add_argument("--eos-norm", type=float, default=defaults.eos_norm,

@@ -26,7 +26,11 @@ once per batch) and ``objective.supports_kmax``:
 ``topk=K`` is the paper's K-max: the model keeps the K best prior scores before normalising,
 which changes both the mixture above and the soft context fed to the next step. For the
 marginal rule only the kept positions go through the output layer here (the others have
-weight exactly zero), so K-max decoding is also faster.
+weight exactly zero), so K-max decoding is also faster. ``topk=0`` keeps every position.
+Left unset (None), ``topk_for`` chooses: ``MIXTURE_TOPK`` (5) for the marginal rule, which on the
+Multi30k study's models kept beam-5 BLEU within 0.1 of the full marginal at about 2.2 times its
+speed (docs/benchmarks.md, "K-max decoding"), and every position for the other rules, whose
+output layer runs once per token whatever K is.
 
 The beam (its settings are one ``DecodingOptions``)
 ---------------------------------------------------
@@ -69,8 +73,9 @@ from varattn.nmt.builder import EncodedSource, TranslationModel
 from varattn.nmt.vocab import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = [
-    "BOS_ID", "EOS_ID", "PAD_ID", "DecodingOptions", "Hypothesis", "StepPredictor", "Translation", "beam_search",
-    "decode", "greedy_search", "length_penalty", "max_output_length", "next_log_probs", "pad_batch",
+    "BOS_ID", "EOS_ID", "MIXTURE_TOPK", "PAD_ID", "DecodingOptions", "Hypothesis", "StepPredictor", "Translation",
+    "beam_search", "decode", "greedy_search", "length_penalty", "max_output_length", "next_log_probs", "pad_batch",
+    "topk_for",
 ]
 
 NEG_INF = float("-inf")
@@ -78,6 +83,10 @@ NEG_INF = float("-inf")
 MIX_CHUNK_ELEMENTS = 1 << 20
 #: below this probability the marginal mixture is recomputed in log space
 MIX_TINY = 1e-30
+
+#: the K-max a search uses by default for the marginal predictive rule (``topk_for``); measured by
+#: benchmarks/kmax_decoding.py: the smallest K whose beam-5 BLEU stayed within 0.1 of the full marginal
+MIXTURE_TOPK = 5
 
 #: default maximum output length ``int(a * src_len + b)`` (tokens before ``</s>``)
 DEFAULT_MAX_LEN_A = 2.0
@@ -153,7 +162,8 @@ class DecodingOptions:
 
     Attributes:
         beam: beam size; 1 is greedy search.
-        topk: K-max: keep only the K best prior positions at each step (None: all).
+        topk: K-max: keep only the K best prior positions at each step; 0: every position; None: the
+            model's default (``topk_for``: ``MIXTURE_TOPK`` for the marginal rule, every position otherwise).
         alpha: Wu et al. length-penalty exponent (0: none).
         eos_norm: the authors' EOS normalisation (0: off).
         max_len_a, max_len_b: at most ``int(max_len_a * src_len + max_len_b)`` output tokens.
@@ -174,8 +184,8 @@ class DecodingOptions:
     def __post_init__(self) -> None:
         if not _is_number(self.beam) or int(self.beam) != self.beam or self.beam < 1:
             raise VarattnError(f"--beam must be a positive integer, got {self.beam!r}")
-        if self.topk is not None and (not _is_number(self.topk) or int(self.topk) != self.topk or self.topk < 1):
-            raise VarattnError(f"--topk must be a positive integer, got {self.topk!r}")
+        if self.topk is not None and (not _is_number(self.topk) or int(self.topk) != self.topk or self.topk < 0):
+            raise VarattnError(f"--topk must be an integer >= 0 (0: every position), got {self.topk!r}")
         for flag, value in (("alpha", self.alpha), ("eos-norm", self.eos_norm), ("max-len-a", self.max_len_a)):
             if not _is_number(value) or not math.isfinite(value) or value < 0:
                 raise VarattnError(f"--{flag} must be a finite number >= 0, got {value!r}")
@@ -191,7 +201,7 @@ class DecodingOptions:
 
     def check_for(self, objective: Objective) -> None:
         """Raise ``VarattnError`` if these options do not apply to ``objective``'s model."""
-        if self.topk is not None and not objective.supports_kmax:
+        if self.topk and not objective.supports_kmax:
             raise VarattnError(f"--topk (K-max) applies to categorical and soft models, not to {objective.name} "
                                "(its alignment is a Dirichlet)")
         if self.sample_alignments is not None:  # sampled alignments: a one-line error where the model has none
@@ -200,6 +210,17 @@ class DecodingOptions:
     def max_output_length(self, src_len: int) -> int:
         """Most tokens (``</s>`` not counted) produced for a source of ``src_len`` tokens."""
         return max_output_length(src_len, self.max_len_a, self.max_len_b)
+
+
+def topk_for(objective: Objective, topk: int | None = None) -> int | None:
+    """The K-max K a search with ``objective``'s model runs with (None: every position).
+
+    ``topk`` as asked (``DecodingOptions.topk``: 0 is every position); unset, ``MIXTURE_TOPK`` where the
+    predictive rule is the exact mixture (its cost grows with K) and every position otherwise.
+    """
+    if topk is None:
+        return MIXTURE_TOPK if objective.predicts_mixture else None
+    return topk or None
 
 
 @contextlib.contextmanager
@@ -322,7 +343,7 @@ def greedy_search(
     """
     options = options or DecodingOptions(beam=1)
     options.check_for(objective)
-    topk, alpha, eos_norm = options.topk, options.alpha, options.eos_norm
+    topk, alpha, eos_norm = topk_for(objective, options.topk), options.alpha, options.eos_norm
     prepared = _prepare(model, src, src_lengths, options)
     if prepared is None:
         return []
@@ -379,7 +400,8 @@ def beam_search(
     """
     options = options or DecodingOptions()
     options.check_for(objective)
-    beam, topk, alpha, eos_norm = options.beam, options.topk, options.alpha, options.eos_norm
+    beam, alpha, eos_norm = options.beam, options.alpha, options.eos_norm
+    topk = topk_for(objective, options.topk)
     if not 1 <= n_best <= beam:
         raise VarattnError(f"n_best must be between 1 and the beam size ({beam}), got {n_best}")
     prepared = _prepare(model, src, src_lengths, options)

@@ -224,7 +224,7 @@ async def translate(request: Request, ex: Explorer) -> Response:
     src = text_field(body, "src", ex.limits)
     lim = ex.limits
     options = DecodingOptions(beam=field(body, "beam", int, 5, low=1, high=lim.max_beam),
-                              topk=field(body, "topk", int, None, low=1, high=lim.max_topk, nullable=True),
+                              topk=field(body, "topk", int, None, low=0, high=lim.max_topk, nullable=True),
                               alpha=field(body, "alpha", float, DEFAULT_ALPHA, low=0.0, high=10.0),
                               eos_norm=field(body, "eos_norm", float, 0.0, low=0.0, high=100.0))
     threshold, alternatives = _link_options(body, lim)
