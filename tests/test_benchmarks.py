@@ -160,3 +160,16 @@ def test_kmax_decoding_sweeps_k_and_recommends_one(tmp_path):
                              text=True, timeout=300)
     assert refused.returncode != 0 and "exact marginal" in refused.stderr
     assert (REPO / "docs" / "benchmarks.md").read_bytes() == record
+
+
+def test_cpu_name_adds_family_and_model_from_the_first_processor(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from machine import cpu_name
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n\n"
+                    "processor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: Other\n")
+    assert cpu_name(info) == "AMD EPYC (family 25, model 17)"
+    info.write_text("model name\t: Some ARM core\n")
+    assert cpu_name(info) == "Some ARM core"
+    assert cpu_name(tmp_path / "missing") != ""  # falls back to what platform knows
