@@ -216,8 +216,9 @@ def stop_reason(points: list[dict], study: Study) -> str | None:
     return None
 
 
-def train_mode(mode: str, seed: int, data_dir: Path, work: Path, threads: int, study: Study) -> Path:
-    """Train ``mode`` with ``seed`` segment by segment until :func:`stop_reason` says it is done."""
+def train_mode(mode: str, seed: int, data_dir: Path, work: Path, threads: int, study: Study,
+               device: str = "cpu") -> Path:
+    """Train ``mode`` with ``seed`` segment by segment on ``device`` until :func:`stop_reason` says it is done."""
     run_dir = work / "runs" / study.job_name(mode, seed)
     steps_per_epoch = 2 * (study.segment_steps or SEGMENT_STEPS)  # the early study: two segments an epoch
     while True:
@@ -232,7 +233,8 @@ def train_mode(mode: str, seed: int, data_dir: Path, work: Path, threads: int, s
         else:
             target = ["--max-steps", str((points[-1]["step"] if points else 0) + study.segment_steps)]
         if (run_dir / "run.json").exists() and ((run_dir / "resume").exists() or (run_dir / "resume.bak").exists()):
-            cmd = varattn("train", "--resume", str(run_dir), *target, "--threads", str(threads), "--no-progress")
+            cmd = varattn("train", "--resume", str(run_dir), *target, "--threads", str(threads), "--device", device,
+                          "--no-progress")
         else:
             if run_dir.exists():  # started but never saved: start again
                 import shutil
@@ -241,8 +243,8 @@ def train_mode(mode: str, seed: int, data_dir: Path, work: Path, threads: int, s
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             cmd = varattn("train", "--config", str(study.config), "--mode", mode, "--seed", str(seed), "--train",
                           str(data_dir / "train"), "--valid", str(data_dir / "val"), "--src-lang", "de",
-                          "--tgt-lang", "en", *target, "--threads", str(threads), "--out", str(run_dir),
-                          "--no-progress", "--no-tensorboard")
+                          "--tgt-lang", "en", *target, "--threads", str(threads), "--device", device,
+                          "--out", str(run_dir), "--no-progress", "--no-tensorboard")
         start = time.monotonic()
         proc = run(cmd, threads)
         wall = time.monotonic() - start
@@ -273,23 +275,24 @@ def model_info(run_dir: Path, threads: int) -> dict:
     return json.loads(run([sys.executable, "-c", code, str(run_dir)], threads).stdout.strip().splitlines()[-1])
 
 
-def score(run_dir: Path, prefix: Path, ref: Path, hyp: Path, evaluate_args: list[str], threads: int) -> dict:
+def score(run_dir: Path, prefix: Path, ref: Path, hyp: Path, evaluate_args: list[str], threads: int,
+          device: str = "cpu") -> dict:
     """``evaluate`` on ``prefix`` (.de/.en), beam-``BEAM`` translation of its source into ``hyp`` and BLEU
     against the tokenised reference ``ref``, with the seconds the first two took."""
     start = time.monotonic()
     ev = json.loads(run(varattn("evaluate", str(run_dir), "--prefix", str(prefix), *evaluate_args, "--json",
-                                "--device", "cpu"), threads).stdout)
+                                "--device", device), threads).stdout)
     eval_s = time.monotonic() - start
     start = time.monotonic()
     # --topk 0: BLEU of the full marginal, as every committed record was decoded (the default is K-max 5)
     run(varattn("translate", str(run_dir), "--input", str(prefix) + ".de", "--output", str(hyp),
-                "--beam", str(BEAM), "--topk", "0", "--device", "cpu"), threads)
+                "--beam", str(BEAM), "--topk", "0", "--device", device), threads)
     decode_s = time.monotonic() - start
     bleu = json.loads(run(varattn("bleu", "--ref", str(ref), "--hyp", str(hyp), "--json"), threads).stdout)
     return {"evaluate": ev, "bleu": bleu, "evaluate_s": round(eval_s, 1), "decode_s": round(decode_s, 1)}
 
 
-def evaluate_mode(name: str, data: Path, work: Path, threads: int) -> dict:
+def evaluate_mode(name: str, data: Path, work: Path, threads: int, device: str = "cpu") -> dict:
     """Test figures of the best checkpoint of the run ``name``; runs with this checkout's code."""
     run_dir, data_dir = work / "runs" / name, work / "data"
     out_dir = run_dir / "study_eval"
@@ -301,16 +304,16 @@ def evaluate_mode(name: str, data: Path, work: Path, threads: int) -> dict:
     for split in TESTS:
         prefix = data_dir / split
         entry = score(run_dir, prefix, reference(data, split), out_dir / f"{split}.beam{BEAM}.en", [*kmax, *seed],
-                      threads)
-        entry.update(relaxed_extras(info, entry["evaluate"], run_dir, prefix, split, data, out_dir, threads))
+                      threads, device)
+        entry.update(relaxed_extras(info, entry["evaluate"], run_dir, prefix, split, data, out_dir, threads, device))
         result["tests"][split] = entry
         log(f"{name} {split}: ppl {entry['evaluate']['ppl']:.3f}, BLEU {entry['bleu'].get('tok_bleu')}")
-    result["alignments"] = alignments(run_dir, data_dir / "test_2016_flickr", threads)
+    result["alignments"] = alignments(run_dir, data_dir / "test_2016_flickr", threads, device)
     return result
 
 
 def relaxed_extras(info: dict, ev: dict, run_dir: Path, prefix: Path, split: str, data: Path, out_dir: Path,
-                   threads: int) -> dict:
+                   threads: int, device: str = "cpu") -> dict:
     """Extra figures for a model whose perplexity is a sampled estimate and that can sample alignments.
 
     The estimate's spread: the default sample count N under seeds 1 (the main evaluation), 2 and 3, and
@@ -324,13 +327,13 @@ def relaxed_extras(info: dict, ev: dict, run_dir: Path, prefix: Path, split: str
         runs = [{"samples": n, "seed": 1, "ppl": ev["ppl"]}]
         for samples, seed in ((n, 2), (n, 3), (2 * n, 1)):
             other = json.loads(run(varattn("evaluate", str(run_dir), "--prefix", str(prefix), "--json", "--device",
-                                           "cpu", "--seed", str(seed), "--samples", str(samples)), threads).stdout)
+                                           device, "--seed", str(seed), "--samples", str(samples)), threads).stdout)
             runs.append({"samples": samples, "seed": seed, "ppl": other["ppl"]})
         extras["estimator"] = {"default_samples": n, "runs": runs}
     if info["sampled_prediction"]:
         hyp = out_dir / f"{split}.beam{BEAM}.sampled{SAMPLED_ALIGNMENTS}.en"
         run(varattn("translate", str(run_dir), "--input", str(prefix) + ".de", "--output", str(hyp), "--beam",
-                    str(BEAM), "--device", "cpu", "--sample-alignments", str(SAMPLED_ALIGNMENTS), "--seed", "1"),
+                    str(BEAM), "--device", device, "--sample-alignments", str(SAMPLED_ALIGNMENTS), "--seed", "1"),
             threads)
         extras["bleu_sampled"] = json.loads(run(varattn("bleu", "--ref", str(reference(data, split)), "--hyp",
                                                         str(hyp), "--json"), threads).stdout)
@@ -338,7 +341,7 @@ def relaxed_extras(info: dict, ev: dict, run_dir: Path, prefix: Path, split: str
     return extras
 
 
-def alignments(run_dir: Path, prefix: Path, threads: int) -> list[dict]:
+def alignments(run_dir: Path, prefix: Path, threads: int, device: str = "cpu") -> list[dict]:
     """Prior and posterior (q where the model has one, else the exact posterior) of ``HEATMAP_PAIRS``."""
     src = Path(str(prefix) + ".de").read_text(encoding="utf-8").splitlines()
     tgt = Path(str(prefix) + ".en").read_text(encoding="utf-8").splitlines()
@@ -348,7 +351,7 @@ def alignments(run_dir: Path, prefix: Path, threads: int) -> list[dict]:
     out: list[dict] = [{"index": i} for i in HEATMAP_PAIRS]
     for method in ("prior", "posterior", "exact"):
         proc = subprocess.run(varattn("align", str(run_dir), "--src", str(pairs_dir / "pairs.de"), "--tgt",
-                                      str(pairs_dir / "pairs.en"), "--method", method, "--json", "--device", "cpu"),
+                                      str(pairs_dir / "pairs.en"), "--method", method, "--json", "--device", device),
                               env=child_env(threads), capture_output=True, text=True)
         if proc.returncode != 0:  # no posterior without an inference network
             continue
@@ -374,11 +377,11 @@ def summarize_training(run_dir: Path) -> dict:
     }
 
 
-def finish_mode(mode: str, seed: int, data: Path, work: Path, threads: int, study: Study) -> Path:
+def finish_mode(mode: str, seed: int, data: Path, work: Path, threads: int, study: Study, device: str = "cpu") -> Path:
     name = study.job_name(mode, seed)
     run_dir = work / "runs" / name
     proc = run([sys.executable, str(Path(__file__).resolve()), "--evaluate-mode", name, "--data", str(data),
-                "--work", str(work), "--threads", str(threads)], threads)
+                "--work", str(work), "--threads", str(threads), "--device", device], threads)
     evaluation = json.loads(proc.stdout.strip().splitlines()[-1])
     points = curve(run_dir)
     best = min(points, key=valid_metric)
@@ -393,16 +396,22 @@ def finish_mode(mode: str, seed: int, data: Path, work: Path, threads: int, stud
         "curve": points,
         **summarize_training(run_dir),
         **evaluation,
-        **provenance(threads),
+        **provenance(threads, device),
     }
     return write_result(study.results, name, result)
 
 
-def provenance(threads: int) -> dict:
-    """Where a result came from: the machine, the checkout's commit, the time it was written."""
+def provenance(threads: int, device: str = "cpu") -> dict:
+    """Where a result came from: the machine (with the GPU's name when ``device`` is one), the checkout's commit,
+    the time it was written."""
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], stdout=subprocess.PIPE, text=True).stdout
-    return {"machine": {"threads": threads, "cpu": cpu_name(), "cores": os.cpu_count(),
-                        "python": platform.python_version()},
+    machine = {"threads": threads, "cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
+    if device != "cpu":
+        import torch
+
+        machine["device"] = device
+        machine["gpu"] = torch.cuda.get_device_name(torch.device(device)) if torch.cuda.is_available() else None
+    return {"machine": machine,
             "commit": commit.strip(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -520,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, help="run directories and segmented data (default runs/multi30k-STUDY)")
     p.add_argument("--modes", nargs="+", help="MODE (all its seeds) or MODE:SEED, in this order (default: all)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of every training/evaluation process")
+    p.add_argument("--device", default="cpu",
+                   help="where every run trains and is evaluated: cpu (default), cuda or cuda:N (a GPU: the same "
+                        "config and seeds; the result's machine record names the GPU)")
     p.add_argument("--report", action="store_true", help="only rebuild docs/results.md from the committed JSON files")
     p.add_argument("--no-report", action="store_true", help="do not rebuild docs/results.md after each mode")
     p.add_argument("--docs", type=Path, default=REPORT.parent, help="where results.md and img/ go (default docs/)")
@@ -548,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no Multi30k data in {args.data} (no task1/tok): run `varattn prepare multi30k {args.data}` or "
                 "give --data")
     if args.evaluate_mode:
-        print(json.dumps(evaluate_mode(args.evaluate_mode, args.data.resolve(), work, args.threads)))
+        print(json.dumps(evaluate_mode(args.evaluate_mode, args.data.resolve(), work, args.threads, args.device)))
         return 0
     jobs = parse_jobs(args.modes, study) if args.modes else default_jobs(study)
     data_dir = prepare_data(args.data.resolve(), work)
@@ -559,8 +571,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.monotonic()
         try:
-            train_mode(mode, seed, data_dir, work, args.threads, study)
-            path = finish_mode(mode, seed, args.data.resolve(), work, args.threads, study)
+            train_mode(mode, seed, data_dir, work, args.threads, study, args.device)
+            path = finish_mode(mode, seed, args.data.resolve(), work, args.threads, study, args.device)
         except RuntimeError as exc:  # one failing mode must not stop the others
             log(f"{name}: FAILED, going on with the next mode\n{exc}")
             continue
