@@ -26,9 +26,9 @@ pairs, then measures:
 * ``flop_bound_ratio``: ``soft``'s matrix work over this mode's, the best ratio to ``soft`` the
   arithmetic allows when both run at the same rate, and ``frac_of_bound`` = ratio / bound;
 * ``decode_sent_per_s``: beam-5 translation (``varattn.nmt.search.decode`` with the mode's
-  predictive rule over every source position, ``topk=0``, and ``varattn translate``'s length penalty) of the sample's middle batch, with
-  the model as left by the timed steps. That model is untrained and would stop its outputs at
-  random lengths, so every output is forced to its source's length (``max_len_a=1``,
+  predictive rule over every source position, ``topk=0``, and ``varattn translate``'s length penalty)
+  of the sample's middle batch, with the model as left by the timed steps. That model is untrained and
+  would stop its outputs at random lengths, so every output is forced to its source's length (``max_len_a=1``,
   ``max_len_b=0`` and a prohibitive ``eos_norm``), about what a trained model writes on this data.
 
 ``--plain`` measures with every fast path of ``varattn.kernels`` off (``VARATTN_FAST=0`` in the

@@ -18,8 +18,8 @@ from varattn.nmt.model import LatentAlignmentNMT, ModelConfig
 from varattn.nmt.search import (
     BOS_ID,
     EOS_ID,
-    PAD_ID,
     MIXTURE_TOPK,
+    PAD_ID,
     DecodingOptions,
     beam_search,
     greedy_search,
