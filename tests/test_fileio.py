@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from varattn import fileio
@@ -49,3 +51,33 @@ def test_json_errors(tmp_path):
     assert not (tmp_path / "o.json").exists()
     with pytest.raises(VarattnError, match="cannot write"):
         save_json(tmp_path / "no" / "dir.json", {})
+
+
+def test_staged_directory_is_all_or_nothing(tmp_path):
+    out = tmp_path / "data" / "corpus"
+    with fileio.staged_directory(out) as work:
+        assert work.parent == out.parent and work.name.startswith(".corpus.") and not out.exists()
+        (work / "a.txt").write_text("a")
+    assert (out / "a.txt").read_text() == "a" and list(out.parent.iterdir()) == [out]
+
+    failed = tmp_path / "failed"
+    failed.mkdir()  # an empty directory may be the target; it must be left as it was on failure
+    with pytest.raises(KeyboardInterrupt), fileio.staged_directory(failed) as work:
+        (work / "half.txt").write_text("half")
+        raise KeyboardInterrupt
+    assert failed.is_dir() and not any(failed.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "failed"]  # no staging directory left
+
+    with pytest.raises(VarattnError, match="not an empty directory"), fileio.staged_directory(out):
+        pass
+    assert (out / "a.txt").read_text() == "a"
+
+
+def test_staged_directory_keeps_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with fileio.staged_directory(tmp_path / "out"):
+            pass
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755

@@ -4,7 +4,8 @@
 target with :func:`os.replace` and fsyncs the directory. :func:`save_json` / :func:`load_json` are the
 JSON files of a run (``run.json``, vocabularies, ...) on top of it; a file that is missing, unreadable,
 not UTF-8 or not JSON is a :class:`~varattn.errors.VarattnError` naming it. The checkpoint directories
-(:mod:`varattn.checkpoint`) are built from the same pieces.
+(:mod:`varattn.checkpoint`) are built from the same pieces, and :func:`staged_directory` gives a prepared
+dataset's directory the same all-or-nothing property.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,39 @@ def umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def require_new_directory(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path; a ``VarattnError`` if it exists and is not an empty directory (nothing is written)."""
+    out = Path(path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise VarattnError(f"{out} already exists and is not an empty directory")
+    return out
+
+
+@contextlib.contextmanager
+def staged_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh directory beside ``path`` to fill; when the block ends without an error it becomes ``path`` in one
+    rename (an empty directory already at ``path`` is replaced), and on any error (Ctrl-C included) it is removed.
+
+    So ``path`` either holds everything the block wrote or is as it was. The staging directory sits in the same
+    parent (one file system, so the rename is atomic) under a hidden name, and is made with ``os.mkdir``, which
+    keeps the user's umask (``tempfile.mkdtemp`` would leave the result readable by its owner only).
+    """
+    out = require_new_directory(path)
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    work = parent / f".{out.name}.{secrets.token_hex(4)}.part"
+    os.mkdir(work)
+    try:
+        yield work
+        if out.exists():
+            out.rmdir()
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    fsync_dir(parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -26,9 +26,7 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import tarfile
-import tempfile
 import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -36,6 +34,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from varattn.errors import VarattnError
+from varattn.fileio import require_new_directory, staged_directory
 
 #: where fairseq's script downloads the archive from
 DEFAULT_URL = "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz"
@@ -178,9 +177,7 @@ def prepare(source: str, outdir: str | os.PathLike[str], merges: int = 14000, pr
     ``outdir`` must not exist or be empty. Everything is written into a temporary directory next
     to it and moved into place at the end, so a failure leaves nothing behind.
     """
-    out = Path(outdir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise VarattnError(f"{out} already exists and is not an empty directory")
+    out = require_new_directory(outdir)
     if merges < 1:
         raise VarattnError(f"the number of BPE merges must be positive, got {merges}")
     files = None
@@ -188,10 +185,7 @@ def prepare(source: str, outdir: str | os.PathLike[str], merges: int = 14000, pr
         if not Path(source).is_file():
             raise VarattnError(f"archive not found: {source}")
         files = read_archive(Path(source))
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
-    try:
+    with staged_directory(out) as work:
         if files is None:
             files = read_archive(download(source, work / "de-en.tgz", progress))
         plain: dict[tuple[str, str], list[str]] = {}
@@ -225,10 +219,4 @@ def prepare(source: str, outdir: str | os.PathLike[str], merges: int = 14000, pr
             (work / f"{split}.{lang}.bpe").write_text("".join(x + "\n" for x in pieces), encoding="utf-8")
             counts[split] = len(lines)
         (work / "de-en.tgz").unlink(missing_ok=True)
-        if out.exists():
-            out.rmdir()
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return counts

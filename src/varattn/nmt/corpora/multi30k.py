@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import shutil
 import tarfile
 import urllib.request
 import zipfile
@@ -29,6 +27,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from varattn.errors import VarattnError
+from varattn.fileio import require_new_directory, staged_directory
 from varattn.nmt.corpora.corpus import _decode_lines
 
 #: the raw files of ``data/task1/tok`` in the dataset's repository (``BASE/<file name>``)
@@ -177,9 +176,7 @@ def prepare(outdir: str | os.PathLike[str] = DEFAULT_OUTDIR, source: str | os.Pa
     ``source``: a local copy (directory or archive) instead of downloading from ``url`` (the
     files are ``url/<name>``; ``fetch`` replaces urllib). ``outdir`` must not exist or be empty.
     """
-    out = Path(outdir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise VarattnError(f"{out} already exists and is not an empty directory")
+    out = require_new_directory(outdir)
     if source is not None:
         where: object = source
         files = read_local(source)
@@ -189,11 +186,7 @@ def prepare(outdir: str | os.PathLike[str] = DEFAULT_OUTDIR, source: str | os.Pa
         where = url
         files = download(url, fetch, progress)
     counts = count_pairs(files, where)
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    work = parent / f".{out.name}.{secrets.token_hex(4)}.part"
-    try:
-        os.mkdir(work)  # not mkdtemp: the directory keeps the user's umask once it is OUTDIR
+    with staged_directory(out) as work:
         tok = work.joinpath(*SUBDIR)
         tok.mkdir(parents=True)
         for name in file_names():
@@ -201,10 +194,4 @@ def prepare(outdir: str | os.PathLike[str] = DEFAULT_OUTDIR, source: str | os.Pa
                 f.write(files[name])
                 f.flush()
                 os.fsync(f.fileno())
-        if out.exists():
-            out.rmdir()
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return counts
