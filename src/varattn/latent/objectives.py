@@ -403,8 +403,19 @@ def _reinforce(
     return surrogate, value, stats
 
 
+class _Reinforced:
+    """The options of the modes trained by REINFORCE (``_reinforce``): samples per token, and the soft-attention
+    baseline on or off."""
+
+    option_rules = {"num_samples": positive}
+
+    def __init__(self, num_samples: int = 1, baseline: bool = True):
+        self.num_samples = num_samples
+        self.baseline = baseline
+
+
 @register
-class HardSample(Objective):
+class HardSample(_Reinforced, Objective):
     """Hard attention, ``E_p[log f]`` estimated with samples from the prior.
 
     The REINFORCE term reaches the prior (the authors' release dropped it; notes D.10).
@@ -412,12 +423,6 @@ class HardSample(Objective):
 
     name = "hard-sample"
     description = "hard attention, sampled from the prior, REINFORCE with the soft baseline"
-
-    option_rules = {"num_samples": positive}
-
-    def __init__(self, num_samples: int = 1, baseline: bool = True):
-        self.num_samples = num_samples
-        self.baseline = baseline
 
     def loss(self, problem: AlignmentProblem) -> LossTerms:
         mask = problem.target_mask
@@ -462,17 +467,11 @@ class VariationalEnum(_Variational):
 
 
 @register
-class VariationalSample(_Variational):
+class VariationalSample(_Reinforced, _Variational):
     """``E_q[log f] - KL(q || p)`` with one sample from q and the soft baseline (Eq. 1)."""
 
     name = "var-sample"
     description = "variational attention, one sample from q, REINFORCE with the soft baseline"
-
-    option_rules = {"num_samples": positive}
-
-    def __init__(self, num_samples: int = 1, baseline: bool = True):
-        self.num_samples = num_samples
-        self.baseline = baseline
 
     def loss(self, problem: AlignmentProblem) -> LossTerms:
         mask = problem.target_mask
