@@ -28,6 +28,10 @@ ORDER = ["soft", "marginal", "hard-enum", "hard-sample", "var-enum", "var-sample
 #: accuracy on a question type at or above this in every run counts as saturated
 SATURATED = 0.98
 FIGURE = "vqa-study-nll.png"
+#: seeds the study plans for every mode (experiments/vqa_study.py)
+PLANNED_SEEDS = 3
+#: the hand-written reading of the table, in the results directory, inserted as it is when present
+DISCUSSION = "discussion.md"
 
 
 def load_results(results_dir: Path) -> dict[str, list[dict]]:
@@ -112,6 +116,18 @@ def table(groups: dict[str, list[dict]]) -> list[str]:
 
 
 # -- sentences computed from the data -------------------------------------------------------------
+def status_lines(groups: dict[str, list[dict]]) -> list[str]:
+    """Seeds finished against planned for every mode of ``ORDER`` (and any other mode that has results)."""
+    modes = ORDER + [m for m in groups if m not in ORDER]
+    done = {m: len(groups.get(m, [])) for m in modes}
+    parts = ", ".join(f"`{m}` {done[m]}/{PLANNED_SEEDS}" for m in modes)
+    missing = sum(max(0, PLANNED_SEEDS - n) for n in done.values())
+    tail = (" Every planned run is in." if not missing else
+            f" {missing} planned run{'s are' if missing != 1 else ' is'} still missing: a missing row or seed is not a "
+            "result.")
+    return [f"**Status** (seeds finished / planned): {parts}.{tail}"]
+
+
 def saturation_lines(groups: dict[str, list[dict]]) -> list[str]:
     """Does accuracy saturate: the lowest shape and colour accuracy of any run, and the modes' accuracy range."""
     runs = [r for rs in groups.values() for r in rs]
@@ -255,7 +271,7 @@ def vqa_section(results_dir: Path, img_dir: Path, docs_dir: Path) -> list[str]:
     lines = ["## easy-VQA: every mode to convergence", ""]
     if not groups:
         return lines + [f"No results yet in `{Path(results_dir).name}/` (run `python experiments/vqa_study.py`).", ""]
-    lines += setup_lines(groups) + [""]
+    lines += status_lines(groups) + [""] + setup_lines(groups) + [""]
     questions = sorted({r["test"]["questions"] for rs in groups.values() for r in rs})
     lines += [f"Test split of easy-VQA ({' or '.join(f'{q:,}' for q in questions)} questions, 13 answers, one "
               "annotator). Mean over seeds, min–max in "
@@ -270,4 +286,7 @@ def vqa_section(results_dir: Path, img_dir: Path, docs_dir: Path) -> list[str]:
     figure = plot_nll(groups, Path(img_dir) / FIGURE)
     if figure is not None:
         lines += [f"![test NLL per run]({Path(os.path.relpath(figure, docs_dir)).as_posix()})", ""]
+    discussion = Path(results_dir) / DISCUSSION
+    if discussion.exists():
+        lines += [discussion.read_text(encoding="utf-8").strip(), ""]
     return lines

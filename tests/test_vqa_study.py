@@ -142,6 +142,7 @@ def test_report_says_which_orderings_are_wider_than_the_seeds_and_whether_accura
     assert "`marginal` 0.220 ≈ `var-enum` 0.235 < `soft` 0.320" in text
     assert "Of the 3 pairs of modes with at least two seeds each, 2 are separated" in text
     assert "other settings" not in text
+    assert "`soft` 3/3, `marginal` 3/3, `hard-enum` 0/3" in text and "18 planned runs are still missing" in text
     assert "2 go the paper's way" in text  # marginal and var-enum below soft, as on VQA 2.0
     assert "Accuracy saturates on shape and colour questions" in text and "only the yes/no questions" in text
     assert "`marginal` 0.50" in text  # prior minus exact posterior entropy
@@ -152,8 +153,12 @@ def test_report_says_which_orderings_are_wider_than_the_seeds_and_whether_accura
     converged = {"soft": [fake_result("soft", 1, 0.00100)]}  # NLLs of a thousandth of a nat keep 3 digits
     assert report_vqa.nll_digits(converged) == 5 and "**0.00100**" in report_vqa.table(converged)[2]
     (results / "var-enum-s1.json").write_text(json.dumps(fake_result("var-enum", 1, 0.23, shape=0.6)))
+    (results / "discussion.md").write_text("### What the runs show\n\nHand-written reading.\n")
     text = "\n".join(report_vqa.vqa_section(results, tmp_path / "img", tmp_path))
     assert "saturates on colour questions" in text and "60.0 %" in text
+    assert text.rstrip().endswith("### What the runs show\n\nHand-written reading.")
+    every = {m: [fake_result(m, s, 0.1) for s in (1, 2, 3)] for m in report_vqa.ORDER}
+    assert report_vqa.status_lines(every)[0].endswith("Every planned run is in.")
 
 
 # -- the driver end to end -------------------------------------------------------------------------
