@@ -8,6 +8,7 @@ numbers below (paper-notes section C); the discussion paragraph is the hand-writ
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 #: paper Table 1 / Table 3 (NMT, IWSLT'14 test): PPL, BLEU, prior entropy (Table 3 lower right)
@@ -167,6 +168,7 @@ def converged_table(groups: dict[str, list[dict]], modes: list[str], split: str)
         "| best epoch | stopped | train min | paper PPL | paper BLEU | paper prior H |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
+    usual_cap = usual_max_epochs(groups)
     for mode in modes:
         paper = PAPER.get(mode, (None, None, None))
         group = groups.get(mode)
@@ -178,7 +180,7 @@ def converged_table(groups: dict[str, list[dict]], modes: list[str], split: str)
         ppl = _spread([e["ppl"] for e in evs])
         if evs[0].get("importance_samples"):
             ppl += f" (IS, {evs[0]['importance_samples']} samples)"
-        stopped = sorted({_stopped(r) for r in group})
+        stopped = sorted({_stopped(r, usual_cap) for r in group})
         lines.append(
             f"| {mode} | {len(group)} | {ppl} | {_spread([e.get('elbo_ppl') for e in evs])} "
             f"| {_spread([e.get('kmax_ppl') for e in evs])} | {_spread([figure(r, split, 'bleu') for r in group])} "
@@ -206,15 +208,25 @@ def progress_lines(progress: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def _stopped(result: dict) -> str:
-    """``converged`` (early stop), or ``cap`` with the last epoch's change of the validation metric."""
+def usual_max_epochs(groups: dict[str, list[dict]]) -> int | None:
+    """The cap in epochs that most runs of ``groups`` had (the study's), None without runs."""
+    caps = Counter((r.get("study") or {}).get("max_epochs") for g in groups.values() for r in g)
+    caps.pop(None, None)
+    return caps.most_common(1)[0][0] if caps else None
+
+
+def _stopped(result: dict, usual_cap: int | None = None) -> str:
+    """``converged`` (early stop), or ``cap`` with the last epoch's change of the validation metric; a run
+    whose cap differs from ``usual_cap`` (the study's) says its own (``cap at 8 epochs``)."""
     if not (result.get("stopped") or "").startswith("budget"):
         return "converged"
+    cap = (result.get("study") or {}).get("max_epochs")
+    label = f"cap at {cap} epochs" if usual_cap is not None and cap is not None and cap != usual_cap else "cap"
     pts = result.get("curve") or []
     if len(pts) < 2:
-        return "cap"
+        return label
     change = 100 * (pts[-1]["ppl"] / pts[-2]["ppl"] - 1)
-    return f"cap ({change:+.1f} % in the last epoch)"
+    return f"{label} ({change:+.1f} % in the last epoch)"
 
 
 def plot_converged_curves(groups: dict[str, list[dict]], modes: list[str], path: Path,

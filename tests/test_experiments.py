@@ -146,3 +146,18 @@ def test_iwslt_check_takes_the_best_variational_mode_that_fits_the_machine(tmp_p
     assert mode == "var-sample" and "var-enum (10.00)" in why and "8 times slower" in why
     result("var-enum", 10.0, 2000.0)  # now twice as slow: within the limit
     assert iwslt_valid.best_variational(tmp_path) == ("var-enum", "best Multi30k validation perplexity (10.00)")
+
+
+def test_report_names_a_cap_that_differs_from_the_study_s():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import report_multi30k
+
+    def run(cap: int, ppls: list[float]) -> dict:
+        return {"stopped": f"budget: {cap} epochs", "study": {"max_epochs": cap},
+                "curve": [{"epoch": k + 1, "ppl": p} for k, p in enumerate(ppls)]}
+
+    usual = report_multi30k.usual_max_epochs({"soft": [run(20, [9.0, 8.0])] * 3, "var-enum": [run(8, [9.0, 8.0])]})
+    assert usual == 20
+    assert report_multi30k._stopped(run(20, [10.0, 9.0]), usual) == "cap (-10.0 % in the last epoch)"
+    assert report_multi30k._stopped(run(8, [10.0, 9.0]), usual) == "cap at 8 epochs (-10.0 % in the last epoch)"
+    assert report_multi30k._stopped({"stopped": "early stop"}, usual) == "converged"
