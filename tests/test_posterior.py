@@ -164,6 +164,15 @@ def test_align_merges_pieces_into_words(runs):
         trained.align(["ge"], ["vyv"], threshold=1.5)
 
 
+def test_a_bare_string_where_lines_go_is_a_one_line_error(runs):
+    trained = load_run(runs["var-enum"])
+    for call in (lambda: trained.align("ku@@ gi ge", ["vyv"]), lambda: trained.score(["ge"], "vyv"),
+                 lambda: trained.evaluate("ge", ["vyv"]), lambda: trained.translate("ku@@ gi ge")):
+        with pytest.raises(VarattnError, match=r"single string: pass a list of lines, e\.g\. \["):
+            call()
+    assert len(trained.translate(iter(["ge"]), beam=1)) == 1  # any iterable of lines still works
+
+
 # -- the command line --------------------------------------------------------------------------------
 
 

@@ -43,6 +43,14 @@ log = logging.getLogger("varattn")
 SKIP_REASONS = {"empty_source": "with an empty source"}
 
 
+def _lines(value, name: str):
+    """``value`` unchanged when it is lines (a list or any iterable of strings); a bare string, which would be
+    read character by character, is a one-line error that says what to pass."""
+    if isinstance(value, (str, bytes)):
+        raise VarattnError(f"{name} is a single string: pass a list of lines, e.g. [{value[:30]!r}]")
+    return value
+
+
 @dataclass
 class TrainedModel(TrainedRun):
     """A trained translation model loaded from a run directory: ``varattn.load(run_dir)`` returns one.
@@ -76,6 +84,7 @@ class TrainedModel(TrainedRun):
 
         ``tokens`` counts target tokens including ``</s>``.
         """
+        src_lines, tgt_lines = _lines(src_lines, "src_lines"), _lines(tgt_lines, "tgt_lines")
         if len(src_lines) != len(tgt_lines):
             raise VarattnError(f"score needs as many targets as sources: {len(src_lines)} vs {len(tgt_lines)}")
         return self.score_ids([self.encode_src(s) for s in src_lines], [self.encode_tgt(t) for t in tgt_lines],
@@ -101,6 +110,7 @@ class TrainedModel(TrainedRun):
         Pairs the model cannot score (an empty source) are left out and counted by reason under ``skipped``;
         ``topk`` adds the K-max perplexity.
         """
+        src_lines, tgt_lines = _lines(src_lines, "src_lines"), _lines(tgt_lines, "tgt_lines")
         pairs, skipped = encode_pairs(self, src_lines, tgt_lines)
         if not pairs:
             reason = skipped_line(skipped, len(src_lines))
@@ -137,6 +147,7 @@ class TrainedModel(TrainedRun):
         """
         from varattn.nmt.posterior import word_alignments
 
+        src_lines, tgt_lines = _lines(src_lines, "src_lines"), _lines(tgt_lines, "tgt_lines")
         return word_alignments(self, src_lines, tgt_lines, method, threshold, batch_size)
 
     def translate(self, src_lines: list[str], options: DecodingOptions | None = None, *, batch_size: int = 32,
@@ -151,6 +162,7 @@ class TrainedModel(TrainedRun):
         many, with a warning on stderr that names its 1-based number (``line_offset`` + its
         index + 1).
         """
+        src_lines = _lines(src_lines, "src_lines")
         if options is None:
             options = DecodingOptions(**settings)
         elif not isinstance(options, DecodingOptions):
@@ -172,7 +184,7 @@ class TrainedModel(TrainedRun):
                     line_offset + k + 1, len(toks), max_src_len)
                 toks = toks[:max_src_len]
             pieces.append(toks)
-        out: list = [None] * len(src_lines)
+        out: list = [None] * len(pieces)
         for k, p in enumerate(pieces):
             if not p:
                 out[k] = Translation("", [], 0.0, 0.0, torch.zeros(0, 0), [], cut[k])
