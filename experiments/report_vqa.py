@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from pathlib import Path
 
 #: paper Table 1 (VQA 2.0: NLL, VQA eval metric) and Table 3 (VQA prior entropy); none for the other modes
@@ -235,8 +236,16 @@ def setup_lines(groups: dict[str, list[dict]]) -> list[str]:
         f"{study['patience']} epochs, at most {study['max_epochs']} epochs ({stopped} of {len(runs)} runs stopped "
         "early); the best validation checkpoint is evaluated on the test split.",
         f"- Time: {wall_h:.1f} h of training wall clock, {cpu_h:.1f} CPU hours, {study['threads']} thread per "
-        f"process, on {first['machine']['cpu']} ({first['machine']['cores']} cores, shared).",
+        f"process, on {machines(runs)}.",
     ]
+
+
+def machines(runs: list[dict]) -> str:
+    """The machines the runs trained on: ``CPU (N cores, shared)``, with run counts when there are several."""
+    counts = Counter(f"{r['machine']['cpu']} ({r['machine']['cores']} cores, shared)" for r in runs)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{name}: {n} run{'s' if n != 1 else ''}" for name, n in counts.most_common())
 
 
 def plot_nll(groups: dict[str, list[dict]], path: Path) -> Path | None:

@@ -157,6 +157,10 @@ def test_report_says_which_orderings_are_wider_than_the_seeds_and_whether_accura
     text = "\n".join(report_vqa.vqa_section(results, tmp_path / "img", tmp_path))
     assert "saturates on colour questions" in text and "60.0 %" in text
     assert text.rstrip().endswith("### What the runs show\n\nHand-written reading.")
+    assert "on a CPU (2 cores, shared)." in text
+    other = dict(fake_result("soft", 1, 0.3), machine={"cpu": "another CPU", "cores": 4})
+    assert report_vqa.machines([fake_result("soft", 2, 0.3), fake_result("soft", 3, 0.3), other]) == (
+        "a CPU (2 cores, shared): 2 runs, another CPU (4 cores, shared): 1 run")
     every = {m: [fake_result(m, s, 0.1) for s in (1, 2, 3)] for m in report_vqa.ORDER}
     assert report_vqa.status_lines(every)[0].endswith("Every planned run is in.")
 
