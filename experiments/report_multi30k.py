@@ -122,16 +122,30 @@ def claims_lines(groups: dict[str, list[dict]], split: str) -> list[str]:
 
     Where both modes have several seeds, a finding that holds on the means is called *separated* when
     every seed of the better mode beats every seed of the worse one, and *within the seeds' spread*
-    otherwise.
+    otherwise. Where one of the two modes was capped below the study's cap (:func:`short_cap`), test
+    figures would compare unequal budgets: perplexity and prior entropy are then compared on validation at
+    the shorter cap's epoch (from the learning curves), and BLEU, which exists only for the final model,
+    is not compared.
     """
+    usual_cap = usual_max_epochs(groups)
     lines = [f"| paper's finding | ours ({split}) | holds? |", "|---|---|---|"]
     for claim, better, worse, key in CLAIMS:
         if better not in groups or worse not in groups:
             missing = ", ".join(m for m in (better, worse) if m not in groups)
             lines.append(f"| {claim} | not measured ({missing} missing) | – |")
             continue
-        a_all = [v for v in (figure(r, split, key) for r in groups[better]) if v is not None]
-        b_all = [v for v in (figure(r, split, key) for r in groups[worse]) if v is not None]
+        caps = {m: short_cap(groups[m], usual_cap) for m in (better, worse)}
+        epoch = min((c for c in caps.values() if c is not None), default=None)
+        capped = " and ".join(f"{m} capped at {c} epochs" for m, c in caps.items() if c is not None)
+        if epoch is not None and key == "bleu":
+            lines.append(f"| {claim} | not comparable: {capped}, BLEU only at the end | – |")
+            continue
+        if epoch is None:
+            a_all = [v for v in (figure(r, split, key) for r in groups[better]) if v is not None]
+            b_all = [v for v in (figure(r, split, key) for r in groups[worse]) if v is not None]
+        else:
+            a_all = [v for v in (at_epoch(r, epoch).get(key) for r in groups[better]) if v is not None]
+            b_all = [v for v in (at_epoch(r, epoch).get(key) for r in groups[worse]) if v is not None]
         if not a_all or not b_all:
             lines.append(f"| {claim} | – | – |")
             continue
@@ -143,9 +157,60 @@ def claims_lines(groups: dict[str, list[dict]], split: str) -> list[str]:
             separated = min(a_all) > max(b_all) if higher_better else max(a_all) < min(b_all)
             verdict += ", separated" if separated else ", within the seeds' spread"
         name = {"ppl": "PPL", "bleu": "BLEU", "prior_entropy": "prior H"}[key]
+        if epoch is not None:
+            name = f"validation {name} at epoch {epoch}"
+            verdict += f" ({capped})"
         mean = "mean " if len(a_all) > 1 or len(b_all) > 1 else ""
         lines.append(f"| {claim} | {mean}{name} {better} {a:.2f} vs {worse} {b:.2f} | {verdict} |")
     return lines
+
+
+def short_cap(group: list[dict], usual_cap: int | None) -> int | None:
+    """The smallest cap below ``usual_cap`` (the study's) that stopped a run of ``group``; None if none did."""
+    caps = [(r.get("study") or {}).get("max_epochs") for r in group
+            if (r.get("stopped") or "").startswith("budget")]
+    short = [c for c in caps if c is not None and usual_cap is not None and c < usual_cap]
+    return min(short) if short else None
+
+
+def at_epoch(result: dict, epoch: int) -> dict:
+    """The validation point of ``result``'s learning curve at the end of ``epoch`` ({} if it has none)."""
+    return next((p for p in result.get("curve") or [] if abs(p["epoch"] - epoch) < 1e-9), {})
+
+
+def common_epoch_table(groups: dict[str, list[dict]], modes: list[str]) -> list[str]:
+    """Every mode on validation at the epoch where the shortest-capped runs stopped ([] when every run had
+    the study's cap): the fair comparison for a mode that could not be trained to the study's cap."""
+    usual_cap = usual_max_epochs(groups)
+    epoch = min((c for g in groups.values() if (c := short_cap(g, usual_cap)) is not None), default=None)
+    if epoch is None:
+        return []
+    capped = [m for m in modes if groups.get(m) and short_cap(groups[m], usual_cap) is not None]
+    lines = [
+        f"### Every mode at epoch {epoch}, on validation", "",
+        f"{', '.join(f'`{m}`' for m in capped)} could only be trained for {epoch} epochs (the study's cap is "
+        f"{usual_cap}), so their test rows above compare a shorter budget with the others' full one. This table "
+        f"compares every mode at the same point: validation after {epoch} epochs, from the learning curves "
+        "(same data, seeds and learning-rate rule; mean over seeds and, in brackets, the range).", "",
+        f"| mode | seeds | exact PPL at epoch {epoch} | ELBO PPL | prior H | change in epoch {epoch} "
+        "| final validation PPL (epoch) |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for mode in modes:
+        group = [r for r in groups.get(mode) or [] if at_epoch(r, epoch)]
+        if not group:
+            continue
+        points = [at_epoch(r, epoch) for r in group]
+        before = [at_epoch(r, epoch - 1) for r in group]
+        change = [100 * (p["ppl"] / b["ppl"] - 1) for p, b in zip(points, before) if b]
+        final = [(r["curve"][-1]["ppl"], r["curve"][-1]["epoch"]) for r in group]
+        last_epochs = sorted({round(e) for _, e in final})
+        lines.append(
+            f"| {mode} | {len(group)} | {_spread([p['ppl'] for p in points])} "
+            f"| {_spread([p.get('elbo_ppl') for p in points])} | {_spread([p.get('prior_entropy') for p in points])} "
+            f"| {_spread(change, 1)} % | {_spread([f for f, _ in final])} "
+            f"({', '.join(str(e) for e in last_epochs)}) |")
+    return lines + [""]
 
 
 def _spread(values: list[float], digits: int = 2) -> str:
@@ -679,6 +744,7 @@ def build_report(converged: dict[str, list[dict]], early: dict, modes: list[str]
     ]
     for split in TESTS:
         out += converged_table(converged, modes, split) + [""]
+    out += common_epoch_table(converged, modes)
     out += ["## Which of the paper's findings hold at convergence", "", *claims_lines(converged, TESTS[0]), "",
             "The same checks on test_2017_flickr:", "", *claims_lines(converged, TESTS[1]), ""]
     discussion = here / "multi30k-converged" / "discussion.md"

@@ -161,3 +161,36 @@ def test_report_names_a_cap_that_differs_from_the_study_s():
     assert report_multi30k._stopped(run(20, [10.0, 9.0]), usual) == "cap (-10.0 % in the last epoch)"
     assert report_multi30k._stopped(run(8, [10.0, 9.0]), usual) == "cap at 8 epochs (-10.0 % in the last epoch)"
     assert report_multi30k._stopped({"stopped": "early stop"}, usual) == "converged"
+
+
+def test_report_compares_a_capped_mode_on_validation_at_its_cap_not_on_test():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import report_multi30k
+
+    def run(cap: int, ppls: list[float], test_ppl: float, prior_h: float) -> dict:
+        curve = [{"epoch": k + 1, "ppl": p, "elbo_ppl": None, "prior_entropy": prior_h} for k, p in enumerate(ppls)]
+        tests = {"test_2016_flickr": {"evaluate": {"ppl": test_ppl, "prior_entropy": prior_h},
+                                      "bleu": {"bleu": 30.0}}}
+        return {"stopped": f"budget: {cap} epochs", "study": {"max_epochs": cap}, "curve": curve, "tests": tests}
+
+    # soft: 4 epochs (the study's cap), better on test than var-enum's 2-epoch model; var-enum is better at epoch 2
+    groups = {"soft": [run(4, [9.0, 8.0, 7.0, 6.0], 6.1, 1.2), run(4, [9.5, 8.5, 7.0, 6.0], 6.2, 1.1)],
+              "var-enum": [run(2, [8.0, 7.5], 7.6, 0.5)], "marginal": [run(4, [9.0, 8.0, 7.0, 6.5], 6.6, 0.9)]}
+    lines = report_multi30k.claims_lines(groups, "test_2016_flickr")
+    row = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+    ppl = row["variational attention (enum) beats soft attention in perplexity"]
+    assert "validation PPL at epoch 2 var-enum 7.50 vs soft 8.25" in ppl and "| yes, separated (var-enum capped" in ppl
+    assert "not comparable" in row["variational attention (enum) beats soft attention in BLEU"]
+    # two modes with the study's cap are still compared on test
+    marginal = row["exact marginalisation beats soft attention in perplexity"]
+    assert "PPL marginal 6.60 vs soft 6.15 | **no** |" in marginal
+    assert "prior H at epoch 2" in row["variational attention's prior is more peaked than soft attention's (Table 3)"]
+
+    table = report_multi30k.common_epoch_table(groups, ["soft", "marginal", "var-enum"])
+    assert table[0] == "### Every mode at epoch 2, on validation"
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table if line.startswith("| ") and "---" not in line}
+    assert rows["soft"].startswith("| soft | 2 | 8.25 (8.00–8.50) |")
+    assert "| -10.8 (-11.1–-10.5) % |" in rows["soft"] and rows["soft"].endswith("| 6.00 (6.00–6.00) (4) |")
+    assert rows["var-enum"].startswith("| var-enum | 1 | 7.50 |") and rows["var-enum"].endswith("| 7.50 (2) |")
+    # every run at the study's cap: no such table
+    assert report_multi30k.common_epoch_table({"soft": groups["soft"]}, ["soft"]) == []
