@@ -122,10 +122,11 @@ def claims_lines(groups: dict[str, list[dict]], split: str) -> list[str]:
 
     Where both modes have several seeds, a finding that holds on the means is called *separated* when
     every seed of the better mode beats every seed of the worse one, and *within the seeds' spread*
-    otherwise. Where one of the two modes was capped below the study's cap (:func:`short_cap`), test
-    figures would compare unequal budgets: perplexity and prior entropy are then compared on validation at
-    the shorter cap's epoch (from the learning curves), and BLEU, which exists only for the final model,
-    is not compared.
+    otherwise. Where one of the two modes was capped below the study's cap (:func:`short_cap`) and the
+    other was not, or at another epoch, test figures would compare unequal budgets: perplexity and prior
+    entropy are then compared on validation at the shorter cap's epoch (from the learning curves), and
+    BLEU, which exists only for the final model, is not compared. Two modes with the same cap compare on
+    test, and the row says they were capped.
     """
     usual_cap = usual_max_epochs(groups)
     lines = [f"| paper's finding | ours ({split}) | holds? |", "|---|---|---|"]
@@ -135,8 +136,11 @@ def claims_lines(groups: dict[str, list[dict]], split: str) -> list[str]:
             lines.append(f"| {claim} | not measured ({missing} missing) | – |")
             continue
         caps = {m: short_cap(groups[m], usual_cap) for m in (better, worse)}
-        epoch = min((c for c in caps.values() if c is not None), default=None)
         capped = " and ".join(f"{m} capped at {c} epochs" for m, c in caps.items() if c is not None)
+        equal = caps[better] == caps[worse]  # the same budget: test figures compare fairly
+        epoch = None if equal else min(c for c in caps.values() if c is not None)
+        if equal and caps[better] is not None:
+            capped = f"both capped at {caps[better]} epochs"
         if epoch is not None and key == "bleu":
             lines.append(f"| {claim} | not comparable: {capped}, BLEU only at the end | – |")
             continue
@@ -159,6 +163,7 @@ def claims_lines(groups: dict[str, list[dict]], split: str) -> list[str]:
         name = {"ppl": "PPL", "bleu": "BLEU", "prior_entropy": "prior H"}[key]
         if epoch is not None:
             name = f"validation {name} at epoch {epoch}"
+        if capped:
             verdict += f" ({capped})"
         mean = "mean " if len(a_all) > 1 or len(b_all) > 1 else ""
         lines.append(f"| {claim} | {mean}{name} {better} {a:.2f} vs {worse} {b:.2f} | {verdict} |")
@@ -171,6 +176,11 @@ def short_cap(group: list[dict], usual_cap: int | None) -> int | None:
             if (r.get("stopped") or "").startswith("budget")]
     short = [c for c in caps if c is not None and usual_cap is not None and c < usual_cap]
     return min(short) if short else None
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def at_epoch(result: dict, epoch: int) -> dict:
@@ -188,7 +198,7 @@ def common_epoch_table(groups: dict[str, list[dict]], modes: list[str]) -> list[
     capped = [m for m in modes if groups.get(m) and short_cap(groups[m], usual_cap) is not None]
     lines = [
         f"### Every mode at epoch {epoch}, on validation", "",
-        f"{', '.join(f'`{m}`' for m in capped)} could only be trained for {epoch} epochs (the study's cap is "
+        f"{_and([f'`{m}`' for m in capped])} could only be trained for {epoch} epochs (the study's cap is "
         f"{usual_cap}), so their test rows above compare a shorter budget with the others' full one. This table "
         f"compares every mode at the same point: validation after {epoch} epochs, from the learning curves "
         "(same data, seeds and learning-rate rule; mean over seeds and, in brackets, the range).", "",
