@@ -268,8 +268,10 @@ def converged_table(groups: dict[str, list[dict]], modes: list[str], split: str)
     return lines
 
 
-def progress_lines(progress: list[dict]) -> list[str]:
-    """Runs still training when the page was built: how far they got (from ``RESULTS/progress``)."""
+def progress_lines(progress: list[dict], groups: dict[str, list[dict]] | None = None) -> list[str]:
+    """Runs still training when the page was built: how far they got (from ``RESULTS/progress``). A run that
+    continues one whose result is in ``groups`` (capped short of the study's cap) says so: its result stands
+    for the capped budget, the row for where the same run has got to since."""
     if not progress:
         return []
     lines = ["Runs still training (their curves so far are drawn dashed below; not results):", "",
@@ -278,7 +280,11 @@ def progress_lines(progress: list[dict]) -> list[str]:
     for r in progress:
         pts = r["curve"]
         improving = "yes" if len(pts) < 2 or pts[-1]["ppl"] < pts[-2]["ppl"] else "no"
-        lines.append(f"| {r['run']} | {r['epochs_done']:g} | {_fmt(pts[-1]['ppl'])} | {_fmt(r['best_valid_ppl'])} "
+        name = r["run"]
+        finished = [f for f in (groups or {}).get(r["mode"], []) if f.get("seed") == r["seed"]]
+        if finished and (finished[0].get("study") or {}).get("max_epochs"):
+            name += f" (continued past its {finished[0]['study']['max_epochs']}-epoch cap)"
+        lines.append(f"| {name} | {r['epochs_done']:g} | {_fmt(pts[-1]['ppl'])} | {_fmt(r['best_valid_ppl'])} "
                      f"| {improving} | {_minutes(r['train_wall_s'])} |")
     return lines + [""]
 
@@ -739,7 +745,7 @@ def build_report(converged: dict[str, list[dict]], early: dict, modes: list[str]
         "",
         _status(converged, modes, planned or {}),
         "",
-        *progress_lines(progress or []),
+        *progress_lines(progress or [], converged),
         "## Setup",
         "",
         *converged_setup_lines(converged),
