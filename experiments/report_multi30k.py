@@ -269,14 +269,15 @@ def converged_table(groups: dict[str, list[dict]], modes: list[str], split: str)
 
 
 def progress_lines(progress: list[dict], groups: dict[str, list[dict]] | None = None) -> list[str]:
-    """Runs still training when the page was built: how far they got (from ``RESULTS/progress``). A run that
+    """Unfinished runs: how far they had got when last recorded (from ``RESULTS/progress``). A run that
     continues one whose result is in ``groups`` (capped short of the study's cap) says so: its result stands
     for the capped budget, the row for where the same run has got to since."""
     if not progress:
         return []
-    lines = ["Runs still training (their curves so far are drawn dashed below; not results):", "",
-             "| run | epochs done | latest validation PPL | best so far | still improving? | training min |",
-             "|---|---:|---:|---:|---|---:|"]
+    lines = ["Unfinished runs, as far as they had got when last recorded (their curves are drawn dashed below; not "
+             "results: a run directory is not committed, so a run whose machine was not kept ends here):", "",
+             "| run | epochs done | latest validation PPL | best so far | still improving? | training min | recorded |",
+             "|---|---:|---:|---:|---|---:|---|"]
     for r in progress:
         pts = r["curve"]
         improving = "yes" if len(pts) < 2 or pts[-1]["ppl"] < pts[-2]["ppl"] else "no"
@@ -284,8 +285,9 @@ def progress_lines(progress: list[dict], groups: dict[str, list[dict]] | None = 
         finished = [f for f in (groups or {}).get(r["mode"], []) if f.get("seed") == r["seed"]]
         if finished and (finished[0].get("study") or {}).get("max_epochs"):
             name += f" (continued past its {finished[0]['study']['max_epochs']}-epoch cap)"
+        recorded = (r.get("finished") or "–")[:10]
         lines.append(f"| {name} | {r['epochs_done']:g} | {_fmt(pts[-1]['ppl'])} | {_fmt(r['best_valid_ppl'])} "
-                     f"| {improving} | {_minutes(r['train_wall_s'])} |")
+                     f"| {improving} | {_minutes(r['train_wall_s'])} | {recorded} |")
     return lines + [""]
 
 
@@ -313,7 +315,7 @@ def _stopped(result: dict, usual_cap: int | None = None) -> str:
 def plot_converged_curves(groups: dict[str, list[dict]], modes: list[str], path: Path,
                           progress: list[dict] | None = None) -> Path | None:
     """Validation perplexity against updates and against wall-clock time, every seed of every mode
-    (runs still training dashed)."""
+    (unfinished runs dashed)."""
     if not groups and not progress:
         return None
     import matplotlib

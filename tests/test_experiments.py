@@ -209,11 +209,12 @@ def test_report_says_when_a_run_in_progress_continues_a_capped_result():
 
     curve = [{"epoch": k + 1, "ppl": p} for k, p in enumerate([9.0, 8.0, 7.5])]
     progress = [{"run": "var-enum-s1", "mode": "var-enum", "seed": 1, "curve": curve, "epochs_done": 3,
-                 "best_valid_ppl": 7.5, "train_wall_s": 600.0},
+                 "best_valid_ppl": 7.5, "train_wall_s": 600.0, "finished": "2026-12-07T22:00:00Z"},
                 {"run": "rws-s1", "mode": "rws", "seed": 1, "curve": curve[:2], "epochs_done": 2,
                  "best_valid_ppl": 8.0, "train_wall_s": 300.0}]
     groups = {"var-enum": [{"seed": 1, "study": {"max_epochs": 2}, "stopped": "budget: 2 epochs"}],
               "rws": [{"seed": 2, "study": {"max_epochs": 20}, "stopped": "budget: 20 epochs"}]}
     rows = [line for line in report_multi30k.progress_lines(progress, groups) if line.startswith("| ")][1:]
     assert rows[0].startswith("| var-enum-s1 (continued past its 2-epoch cap) | 3 | 7.50 | 7.50 | yes |")
+    assert rows[0].endswith("| 2026-12-07 |")  # when the snapshot was taken
     assert rows[1].startswith("| rws-s1 | 2 | 8.00 | 8.00 | yes |")  # seed 2 finished, not seed 1
