@@ -601,19 +601,42 @@ def converged_setup_lines(groups: dict[str, list[dict]]) -> list[str]:
         model + ".",
         f"- Budget (the paper's recipe): every mode trains epoch by epoch until its validation metric (exp(-ELBO) "
         f"with an inference network, the exact perplexity otherwise) has not improved for {study['patience']} "
-        f"epochs, with a cap of {study['max_epochs']} epochs; the learning rate is halved after an epoch whose "
-        "validation is worse than the best of the earlier epochs (from epoch 2); the best validation checkpoint "
-        "is evaluated. `soft`, `var-sample` and `hard-sample` (the cheap modes and the paper's headline "
-        "comparison) have three seeds (1, 2, 3; the seed sets the initial weights, the batch order and the "
-        "samples), the other modes seed 1. Tables give the mean over seeds and, in brackets, the range.",
+        f"epochs, with a cap of {usual_max_epochs(groups) or study['max_epochs']} epochs{_other_caps(groups)}; "
+        "the learning rate is halved after an epoch whose validation is worse than the best of the earlier "
+        "epochs (from epoch 2); the best validation checkpoint is evaluated. `soft`, `var-sample` and "
+        "`hard-sample` (the cheap modes and the paper's headline comparison) have three seeds (1, 2, 3; the "
+        "seed sets the initial weights, the batch order and the samples), the other modes seed 1. Tables give "
+        "the mean over seeds and, in brackets, the range.",
         f"- Test: exact perplexity (importance-sampled for `var-relaxed`), ELBO perplexity, K-max perplexity "
         f"(K = {study['topk']}), beam-{study['beam']} BLEU (Wu length penalty alpha 1, no `eos_norm`) against the "
         "tokenised lowercased references (`tok`, like multi-bleu.perl -lc) and detokenised sacreBLEU, prior and "
         "posterior alignment entropy in nats per target token (for `var-relaxed`: of the Dirichlets' means).",
-        f"- Machine: {r['machine'].get('cpu')}, {r['machine']['cores']} cores; two study lanes side by side, one "
-        "torch thread each, often with a third process (tests, other experiments): a mode's minutes are good to "
-        "a factor of about 2. The JSON of each run names the machine and the commit it ran from.",
+        f"- Machines: {machines([r for g in groups.values() for r in g])}; two or three study runs side by side, "
+        "one torch thread each, often with another process (tests, other experiments): a mode's minutes are good "
+        "to a factor of about 2. The JSON of each run names the machine and the commit it ran from.",
     ]
+
+
+def machines(runs: list[dict]) -> str:
+    """The machines the runs trained on: ``CPU (N cores, shared)``, with run counts when there are several."""
+    counts = Counter(f"{r['machine']['cpu']} ({r['machine']['cores']} cores, shared)" for r in runs)
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{name}: {n} run{'s' if n != 1 else ''}" for name, n in counts.most_common())
+
+
+def _other_caps(groups: dict[str, list[dict]]) -> str:
+    """`` (7 for `var-enum` and `marginal`: ...)`` for the modes capped short of the study's cap, else ``""``."""
+    usual_cap = usual_max_epochs(groups)
+    short: dict[int, list[str]] = {}
+    for mode, group in groups.items():
+        cap = short_cap(group, usual_cap)
+        if cap is not None:
+            short.setdefault(cap, []).append(f"`{mode}`")
+    if not short:
+        return ""
+    parts = [f"{cap} for {_and(names)}" for cap, names in sorted(short.items())]
+    return f" ({'; '.join(parts)}: the CPU time this study had; see the table at that epoch)"
 
 
 def _status(groups: dict[str, list[dict]], modes: list[str], planned: dict[str, int]) -> str:

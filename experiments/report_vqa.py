@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import Counter
 from pathlib import Path
+
+from report_multi30k import machines
 
 #: paper Table 1 (VQA 2.0: NLL, VQA eval metric) and Table 3 (VQA prior entropy); none for the other modes
 PAPER = {
@@ -238,14 +239,6 @@ def setup_lines(groups: dict[str, list[dict]]) -> list[str]:
         f"- Time: {wall_h:.1f} h of training wall clock, {cpu_h:.1f} CPU hours, {study['threads']} thread per "
         f"process, on {machines(runs)}.",
     ]
-
-
-def machines(runs: list[dict]) -> str:
-    """The machines the runs trained on: ``CPU (N cores, shared)``, with run counts when there are several."""
-    counts = Counter(f"{r['machine']['cpu']} ({r['machine']['cores']} cores, shared)" for r in runs)
-    if len(counts) == 1:
-        return next(iter(counts))
-    return ", ".join(f"{name}: {n} run{'s' if n != 1 else ''}" for name, n in counts.most_common())
 
 
 def plot_nll(groups: dict[str, list[dict]], path: Path) -> Path | None:
