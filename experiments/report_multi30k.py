@@ -286,7 +286,7 @@ def progress_lines(progress: list[dict], groups: dict[str, list[dict]] | None = 
         if finished and (finished[0].get("study") or {}).get("max_epochs"):
             name += f" (continued past its {finished[0]['study']['max_epochs']}-epoch cap)"
         recorded = (r.get("finished") or "–")[:10]
-        lines.append(f"| {name} | {r['epochs_done']:g} | {_fmt(pts[-1]['ppl'])} | {_fmt(r['best_valid_ppl'])} "
+        lines.append(f"| {name} | {r['epochs_done']:g} | {_fmt(pts[-1]['ppl'])} | {_fmt(min(p['ppl'] for p in pts))} "
                      f"| {improving} | {_minutes(r['train_wall_s'])} | {recorded} |")
     return lines + [""]
 
