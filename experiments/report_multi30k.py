@@ -144,12 +144,11 @@ def claims_lines(groups: dict[str, list[dict]], split: str) -> list[str]:
         if epoch is not None and key == "bleu":
             lines.append(f"| {claim} | not comparable: {capped}, BLEU only at the end | – |")
             continue
-        if epoch is None:
-            a_all = [v for v in (figure(r, split, key) for r in groups[better]) if v is not None]
-            b_all = [v for v in (figure(r, split, key) for r in groups[worse]) if v is not None]
-        else:
-            a_all = [v for v in (at_epoch(r, epoch).get(key) for r in groups[better]) if v is not None]
-            b_all = [v for v in (at_epoch(r, epoch).get(key) for r in groups[worse]) if v is not None]
+        def value(r: dict, epoch=epoch, key=key):  # test figure, or validation at the shorter cap
+            return figure(r, split, key) if epoch is None else at_epoch(r, epoch).get(key)
+
+        a_all = [v for v in map(value, groups[better]) if v is not None]
+        b_all = [v for v in map(value, groups[worse]) if v is not None]
         if not a_all or not b_all:
             lines.append(f"| {claim} | – | – |")
             continue
@@ -178,6 +177,13 @@ def short_cap(group: list[dict], usual_cap: int | None) -> int | None:
     return min(short) if short else None
 
 
+def short_caps(groups: dict[str, list[dict]]) -> dict[str, int]:
+    """``{mode: cap}`` for the modes of ``groups`` with a run capped short of the study's cap."""
+    usual_cap = usual_max_epochs(groups)
+    caps = {mode: short_cap(group, usual_cap) for mode, group in groups.items()}
+    return {mode: cap for mode, cap in caps.items() if cap is not None}
+
+
 def _and(items: list[str]) -> str:
     """``a``, ``a and b``, ``a, b and c``."""
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
@@ -191,17 +197,18 @@ def at_epoch(result: dict, epoch: int) -> dict:
 def common_epoch_table(groups: dict[str, list[dict]], modes: list[str]) -> list[str]:
     """Every mode on validation at the epoch where the shortest-capped runs stopped ([] when every run had
     the study's cap): the fair comparison for a mode that could not be trained to the study's cap."""
-    usual_cap = usual_max_epochs(groups)
-    epoch = min((c for g in groups.values() if (c := short_cap(g, usual_cap)) is not None), default=None)
-    if epoch is None:
+    caps = short_caps(groups)
+    if not caps:
         return []
-    capped = [m for m in modes if groups.get(m) and short_cap(groups[m], usual_cap) is not None]
+    epoch = min(caps.values())
+    capped = [m for m in modes if m in caps]
     lines = [
         f"### Every mode at epoch {epoch}, on validation", "",
         f"{_and([f'`{m}`' for m in capped])} could only be trained for {epoch} epochs (the study's cap is "
-        f"{usual_cap}), so their test rows above compare a shorter budget with the others' full one. This table "
-        f"compares every mode at the same point: validation after {epoch} epochs, from the learning curves "
-        "(same data, seeds and learning-rate rule; mean over seeds and, in brackets, the range).", "",
+        f"{usual_max_epochs(groups)}), so their test rows above compare a shorter budget with the others' full "
+        f"one. This table compares every mode at the same point: validation after {epoch} epochs, from the "
+        "learning curves (same data, seeds and learning-rate rule; mean over seeds and, in brackets, the range).",
+        "",
         f"| mode | seeds | exact PPL at epoch {epoch} | ELBO PPL | prior H | change in epoch {epoch} "
         "| final validation PPL (epoch) |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -210,8 +217,7 @@ def common_epoch_table(groups: dict[str, list[dict]], modes: list[str]) -> list[
         group = [r for r in groups.get(mode) or [] if at_epoch(r, epoch)]
         if not group:
             continue
-        points = [at_epoch(r, epoch) for r in group]
-        before = [at_epoch(r, epoch - 1) for r in group]
+        points, before = [at_epoch(r, epoch) for r in group], [at_epoch(r, epoch - 1) for r in group]
         change = [100 * (p["ppl"] / b["ppl"] - 1) for p, b in zip(points, before) if b]
         final = [(r["curve"][-1]["ppl"], r["curve"][-1]["epoch"]) for r in group]
         last_epochs = sorted({round(e) for _, e in final})
@@ -274,6 +280,7 @@ def progress_lines(progress: list[dict], groups: dict[str, list[dict]] | None = 
     for the capped budget, the row for where the same run has got to since."""
     if not progress:
         return []
+    caps = short_caps(groups or {})
     lines = ["Unfinished runs, as far as they had got when last recorded (their curves are drawn dashed below; not "
              "results: a run directory is not committed, so a run whose machine was not kept ends here):", "",
              "| run | epochs done | latest validation PPL | best so far | still improving? | training min | recorded |",
@@ -283,7 +290,7 @@ def progress_lines(progress: list[dict], groups: dict[str, list[dict]] | None = 
         improving = "yes" if len(pts) < 2 or pts[-1]["ppl"] < pts[-2]["ppl"] else "no"
         name = r["run"]
         finished = [f for f in (groups or {}).get(r["mode"], []) if f.get("seed") == r["seed"]]
-        if finished and (finished[0].get("study") or {}).get("max_epochs"):
+        if finished and r["mode"] in caps:
             name += f" (continued past its {finished[0]['study']['max_epochs']}-epoch cap)"
         recorded = (r.get("finished") or "–")[:10]
         lines.append(f"| {name} | {r['epochs_done']:g} | {_fmt(pts[-1]['ppl'])} | {_fmt(min(p['ppl'] for p in pts))} "
@@ -627,12 +634,9 @@ def machines(runs: list[dict]) -> str:
 
 def _other_caps(groups: dict[str, list[dict]]) -> str:
     """`` (7 for `var-enum` and `marginal`: ...)`` for the modes capped short of the study's cap, else ``""``."""
-    usual_cap = usual_max_epochs(groups)
     short: dict[int, list[str]] = {}
-    for mode, group in groups.items():
-        cap = short_cap(group, usual_cap)
-        if cap is not None:
-            short.setdefault(cap, []).append(f"`{mode}`")
+    for mode, cap in short_caps(groups).items():
+        short.setdefault(cap, []).append(f"`{mode}`")
     if not short:
         return ""
     parts = [f"{cap} for {_and(names)}" for cap, names in sorted(short.items())]

@@ -213,7 +213,7 @@ def test_report_says_when_a_run_in_progress_continues_a_capped_result():
                 {"run": "rws-s1", "mode": "rws", "seed": 1, "curve": curve[:2], "epochs_done": 2,
                  "best_valid_ppl": 8.0, "train_wall_s": 300.0}]
     groups = {"var-enum": [{"seed": 1, "study": {"max_epochs": 2}, "stopped": "budget: 2 epochs"}],
-              "rws": [{"seed": 2, "study": {"max_epochs": 20}, "stopped": "budget: 20 epochs"}]}
+              "rws": [{"seed": s, "study": {"max_epochs": 20}, "stopped": "budget: 20 epochs"} for s in (2, 3)]}
     rows = [line for line in report_multi30k.progress_lines(progress, groups) if line.startswith("| ")][1:]
     assert rows[0].startswith("| var-enum-s1 (continued past its 2-epoch cap) | 3 | 7.50 | 7.50 | yes |")
     assert rows[0].endswith("| 2026-12-07 |")  # when the snapshot was taken
